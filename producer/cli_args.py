@@ -1,0 +1,52 @@
+"""The command line grammar of `echoforge`."""
+
+from __future__ import annotations
+
+import argparse
+
+from producer.jobs import JobState
+
+__all__ = ["build_parser"]
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="enqueue a narration job and print its id")
+    p.add_argument("text", nargs="?", help="the text to narrate (or use --file)")
+    p.add_argument("--file", help="read the text from a UTF-8 file (- for stdin)")
+    p.add_argument("--speaker", type=int, help="speaker id (default 1)")
+    p.add_argument("--temperature", type=float, help="sampling temperature, > 0 and <= 2 (default 0.9)")
+    p.add_argument("--top-k", dest="top_k", type=int, help="top-k sampling, 1..2048 (default 50)")
+    p.add_argument("--format", choices=["wav", "flac"], help="output format (default wav)")
+    p.add_argument("--priority", type=int, help="0 (lowest) .. 9 (most urgent), default 5")
+    p.add_argument("--idempotency-key", dest="idempotency_key", help="the same key returns the same job")
+    p.add_argument("--queue-ttl", dest="queue_ttl", type=int, help="seconds the job may wait before it expires")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
+    p.add_argument("--json", action="store_true", help="print the job record as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echoforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_submit(sub)
+    for name, help_text in (("status", "show a job"), ("cancel", "cancel a queued or running job")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job_id")
+        p.add_argument("--json", action="store_true")
+    p = sub.add_parser("wait", help="wait for a job with a progress bar; non-zero exit unless it succeeded")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("download", help="save a succeeded job's narration")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", required=True, help="where to write the audio file")
+    p = sub.add_parser("list", help="recent jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--state", choices=[s.value for s in JobState])
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("up", help="run the whole stack locally: Redis, a worker, Flower, and a demo job")
+    p.add_argument("--no-demo", dest="demo", action="store_false", help="start the stack without a demo job")
+    p.add_argument("--demo", dest="demo", action="store_true", default=True, help="submit a demo job (default)")
+    p.add_argument("--exit-after-job", action="store_true", help="stop everything once the demo job ends")
+    p.add_argument("--data-dir", default="data", help="where Redis, outputs and logs go (default ./data)")
+    p.add_argument("--flower-port", type=int, default=5555)
+    return parser

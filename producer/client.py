@@ -1,0 +1,116 @@
+"""NarrationClient: submit, get, wait, cancel, list and download narration jobs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from producer import keys
+from producer.celery_config import celery_config, redis_priority
+from producer.errors import JobNotReadyError, SubmitError
+from producer.jobs import Job, JobState, NarrationRequest
+from producer.settings import Settings, redact_url
+from producer.storage import open_storage
+from producer.store import JobStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["NarrationClient"]
+
+log = logging.getLogger(__name__)
+
+
+class NarrationClient:
+    """The producer's API. Job status is read from the JobStore, never from the Celery result backend."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.store = JobStore(self.redis, self.settings.finished_job_ttl_s)
+
+    @cached_property
+    def _celery(self) -> Celery:
+        from celery import Celery
+
+        app = Celery("echoforge-producer", set_as_current=False)
+        app.conf.update(celery_config(self.settings))
+        return app
+
+    def submit(self, request: NarrationRequest | dict[str, Any]) -> Job:
+        """Validate, record and enqueue. A reused idempotency key returns the job it created first."""
+        if not isinstance(request, NarrationRequest):
+            request = NarrationRequest.parse(request)
+        job, created = self.store.create(request, self.settings.queue)
+        if not created:
+            log.info("job %s: idempotency key reused, not enqueued again", job.id)
+            return job
+        try:
+            self._celery.send_task(
+                keys.NARRATE_TASK,
+                args=[job.id],
+                task_id=job.id,
+                queue=self.settings.queue,
+                priority=redis_priority(request.priority),
+            )
+        except Exception as e:
+            where = redact_url(self.settings.redis_url)
+            self.store.fail(job.id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")
+            raise SubmitError(f"job {job.id}: could not enqueue on {where}") from e
+        log.info("job %s: queued on %s", job.id, self.settings.queue)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        return self.store.get(job_id)
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Block until the job ends (or `timeout` seconds pass) and return its record.
+
+        Woken by the job's pub/sub channel; re-reads the record at least every second in case a
+        notification is missed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.job_events_channel(job_id))
+        try:
+            while True:
+                job = self.get(job_id)
+                if on_change is not None:
+                    on_change(job)
+                if job.state.is_terminal:
+                    return job
+                left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if left <= 0:
+                    return job
+                pubsub.get_message(timeout=left)
+        finally:
+            pubsub.close()
+
+    def cancel(self, job_id: str) -> Job:
+        return self.store.cancel(job_id)
+
+    def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
+        return self.store.list(limit=limit, state=state)
+
+    def download(self, job_id: str, destination: str | Path) -> Path:
+        """Copy a succeeded job's narration to `destination`."""
+        job = self.get(job_id)
+        if job.state is not JobState.SUCCEEDED or not job.result:
+            raise JobNotReadyError(f"job {job_id} has no narration to download (state {job.state.value})")
+        target = Path(destination)
+        open_storage(self.settings).download(job.result["key"], target)
+        return target
+
+    def close(self) -> None:
+        self.redis.close()

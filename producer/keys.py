@@ -1,0 +1,40 @@
+"""Every queue name, task name, Redis key prefix and TTL EchoForge uses, spelled once."""
+
+from __future__ import annotations
+
+# Celery queue (a Redis list of that name, plus one list per priority step) the workers consume.
+NARRATION_QUEUE = "echoforge.narration"
+# Celery task name producers send by name; the worker registers it under the same name.
+NARRATE_TASK = "echoforge.narrate"
+# Hash holding one job record: echoforge:job:<job_id>.
+JOB_KEY_PREFIX = "echoforge:job:"
+# Sorted set of job ids scored by creation time, for `list`.
+JOB_INDEX_KEY = "echoforge:jobs"
+# String mapping an idempotency key to the job id it created: echoforge:idem:<key>.
+IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
+# Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.
+JOB_EVENTS_PREFIX = "echoforge:events:"
+# How long a finished job record (and its idempotency key) stays readable.
+FINISHED_JOB_TTL_S = 7 * 24 * 3600
+# Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
+PRIORITY_STEPS = (0, 3, 6, 9)
+# Storage object names below <prefix>/<job_id>/.
+NARRATION_OBJECT = "narration"
+MANIFEST_OBJECT = "manifest.json"
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def idempotency_key(key: str) -> str:
+    return IDEMPOTENCY_KEY_PREFIX + key
+
+
+def job_events_channel(job_id: str) -> str:
+    return JOB_EVENTS_PREFIX + job_id
+
+
+def priority_queue_lists(queue: str = NARRATION_QUEUE) -> list[str]:
+    """The Redis lists kombu uses for one queue: the plain name for step 0, then `name\\x06\\x16<step>`."""
+    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS]

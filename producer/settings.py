@@ -1,0 +1,69 @@
+"""Settings, read from the environment (prefix ECHOFORGE_) in exactly one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producer import keys
+
+__all__ = ["Settings", "redact_url"]
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Credentials for S3 come from the standard AWS_* variables boto3 reads."""
+
+    model_config = SettingsConfigDict(env_prefix="ECHOFORGE_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = "file://./data/outputs"
+    s3_endpoint_url: str | None = None
+    queue: str = keys.NARRATION_QUEUE
+
+    model_id: str = "sesame/csm-1b"
+    model_revision: str | None = None
+    model_path: str | None = None
+    device: str | None = None
+    allow_placeholder: bool = True
+    placeholder_rtf: float = Field(default=0.0, ge=0.0)
+
+    job_time_limit_s: int = Field(default=4 * 3600, ge=10)
+    visibility_timeout_s: int | None = None
+    model_load_timeout_s: int = Field(default=900, ge=4)
+    finished_job_ttl_s: int = Field(default=keys.FINISHED_JOB_TTL_S, ge=60)
+    log_level: str = "INFO"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("s3", "file"):
+            raise ValueError("ECHOFORGE_STORAGE_URL must be s3://bucket/prefix or file:///path")
+        return value
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Longer than the hard time limit, so Redis never redelivers a job that may still be running."""
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return self.job_time_limit_s + 600
+
+    def local_storage_root(self) -> Path:
+        """The directory of a file:// storage URL (relative paths resolve against the working directory)."""
+        parts = urlsplit(self.storage_url)
+        return Path(parts.netloc + parts.path).expanduser().resolve()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,129 @@
+"""`echoforge up`: the whole stack on embedded defaults — Redis, local storage, one worker, Flower, a demo job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from producer import processes
+from producer.settings import Settings, redact_url
+
+__all__ = ["DEMO_TEXT", "run_stack"]
+
+DEMO_TEXT = (
+    "Welcome to EchoForge. This narration was queued in Redis, synthesized by a Celery worker, "
+    "and stored as a WAV file. Open Flower to watch the worker and the job."
+)
+
+
+class Stack:
+    """The child processes of one `echoforge up`, stopped in reverse order of start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.env = dict(os.environ)
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def log(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def start_redis(self) -> str:
+        port = processes.free_port()
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        args = [processes.redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""]
+        proc = processes.start(args, self.log("redis"))
+        self.children.append(("redis", proc))
+        processes.wait_for_port(port, 15, proc)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def start_celery(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = processes.start(processes.celery_command(*args), self.log(name), self.env)
+        self.children.append((name, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.children):
+            processes.stop(proc)
+
+
+def _configure(stack: Stack) -> None:
+    if "ECHOFORGE_REDIS_URL" not in stack.env:
+        stack.env["ECHOFORGE_REDIS_URL"] = stack.start_redis()
+        print(f"redis      started: {stack.env['ECHOFORGE_REDIS_URL']} (log {stack.log('redis')})")
+    else:
+        print(f"redis      using {redact_url(stack.env['ECHOFORGE_REDIS_URL'])}")
+    if "ECHOFORGE_STORAGE_URL" not in stack.env:
+        stack.env["ECHOFORGE_STORAGE_URL"] = (stack.data_dir / "outputs").resolve().as_uri()
+    print(f"storage    {stack.env['ECHOFORGE_STORAGE_URL']}")
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    stack = Stack(Path(args.data_dir).resolve())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        _configure(stack)
+        settings = Settings(redis_url=stack.env["ECHOFORGE_REDIS_URL"], storage_url=stack.env["ECHOFORGE_STORAGE_URL"])
+        stack.start_celery("worker", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+                           "--hostname", "embedded@%h", "--queues", settings.queue)
+        print(f"worker     started (log {stack.log('worker')})")
+        flower_url = _start_flower(stack, args.flower_port)
+        print(f"flower     {flower_url}")
+        code = _demo(stack, settings) if args.demo else 0
+        if args.exit_after_job:
+            return code
+        print("EchoForge is running. Submit with `echoforge submit \"text\"` using the settings above; "
+              "Ctrl-C stops everything.")
+        while True:
+            stack.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping...")
+        return 0
+    finally:
+        stack.stop()
+
+
+def _start_flower(stack: Stack, port: int) -> str:
+    port = port if _port_free(port) else processes.free_port()
+    proc = stack.start_celery("flower", "flower", f"--port={port}", "--address=127.0.0.1")
+    processes.wait_for_port(port, 60, proc)
+    return f"http://127.0.0.1:{port}/"
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _demo(stack: Stack, settings: Settings) -> int:
+    from producer.cli import _wait_with_progress
+    from producer.client import NarrationClient
+    from producer.jobs import JobState
+
+    client = NarrationClient(settings)
+    job = client.submit({"text": DEMO_TEXT})
+    print(f"demo job   {job.id} submitted; waiting for the worker...")
+    job = _wait_with_progress(client, job.id, timeout=300)
+    stack.check_alive()
+    if job.state is not JobState.SUCCEEDED:
+        print(f"demo job   ended {job.state.value}: {job.error}")
+        return 1
+    assert job.result is not None
+    print(f"demo job   succeeded: {job.result['duration_s']:.1f} s of audio, model {job.model.get('kind')} "
+          f"on {job.model.get('device')}")
+    print(f"narration  {job.result['url']}")
+    return 0

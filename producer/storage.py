@@ -1,0 +1,123 @@
+"""Where narrations live: S3-compatible object storage (boto3) or a local directory.
+
+Both producers (download) and workers (upload) use it, so it lives on the contract side. boto3 is
+imported only when S3 is used. Keys are built from server-generated job ids only, never user text.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from producer.errors import StorageError
+from producer.settings import Settings
+
+__all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
+
+
+class Storage(Protocol):
+    bucket: str | None
+
+    def key_for(self, job_id: str, name: str) -> str: ...
+
+    def url_for(self, key: str) -> str: ...
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None: ...
+
+    def download(self, key: str, destination: Path) -> None: ...
+
+
+def _join(prefix: str, job_id: str, name: str) -> str:
+    return "/".join(part for part in (prefix.strip("/"), job_id, name) if part)
+
+
+class LocalStorage:
+    """Objects as files below a root directory; writes are atomic (temp file + rename)."""
+
+    bucket: str | None = None
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def key_for(self, job_id: str, name: str) -> str:
+        return _join("", job_id, name)
+
+    def url_for(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        target = self.root / key
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+            os.close(fd)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise StorageError(f"cannot write {target}: {e.strerror}") from e
+
+    def download(self, key: str, destination: Path) -> None:
+        try:
+            shutil.copyfile(self.root / key, destination)
+        except OSError as e:
+            raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
+
+
+class S3Storage:
+    """An S3-compatible bucket; large files go up as multipart uploads, with botocore's retries."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self._client
+
+    def key_for(self, job_id: str, name: str) -> str:
+        return _join(self.prefix, job_id, name)
+
+    def url_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type},
+                                    Config=transfer)
+        except Exception as e:
+            raise StorageError(f"upload to {self.url_for(key)} failed: {_reason(e)}") from e
+
+    def download(self, key: str, destination: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, key, str(destination))
+        except Exception as e:
+            raise StorageError(f"download of {self.url_for(key)} failed: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """A short cause that names no credential (botocore messages never include the secret key)."""
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def open_storage(settings: Settings) -> LocalStorage | S3Storage:
+    parts = urlsplit(settings.storage_url)
+    if parts.scheme == "file":
+        return LocalStorage(settings.local_storage_root())
+    if not parts.netloc:
+        raise StorageError("ECHOFORGE_STORAGE_URL s3://bucket/prefix names no bucket")
+    return S3Storage(parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url)

@@ -1,0 +1,185 @@
+"""JobStore: job records in Redis. Every state change is one guarded, atomic Lua script."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from producer import keys
+from producer.errors import JobNotFoundError
+from producer.jobs import ALLOWED_TRANSITIONS, Job, JobState, NarrationRequest
+
+__all__ = ["JobStore", "is_job_id"]
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+# KEYS: job hash, job index, idempotency key ('' when none). ARGV: job id, created_at, field/value pairs.
+_CREATE = """
+if KEYS[3] ~= '' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[3], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return {1, ARGV[1]}
+"""
+
+# KEYS: job hash, events channel. ARGV: target state, allowed current states (comma separated),
+# ttl to set (0: none), '1' to count an attempt, then field/value pairs.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {'missing', ''} end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',', 1, true) then
+  return {'refused', current}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  local idem = redis.call('HGET', KEYS[1], 'idempotency_redis_key')
+  if idem then redis.call('EXPIRE', idem, ttl) end
+end
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return {'ok', current}
+"""
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_JOB_ID.match(value))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class JobStore:
+    """Reads and writes job records. Methods that change state return the new Job, or None when refused."""
+
+    def __init__(self, client: redis.Redis, finished_ttl_s: int = keys.FINISHED_JOB_TTL_S) -> None:
+        self.redis = client
+        self.finished_ttl_s = finished_ttl_s
+        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(_TRANSITION)
+
+    def create(self, request: NarrationRequest, queue: str) -> tuple[Job, bool]:
+        """A new queued job, or (existing job, False) when its idempotency key was used before."""
+        job_id, now = uuid.uuid4().hex, time.time()
+        idem = keys.idempotency_key(request.idempotency_key) if request.idempotency_key else ""
+        fields: dict[str, str] = {
+            "id": job_id,
+            "state": JobState.QUEUED.value,
+            "request": _dumps(request.model_dump()),
+            "created_at": repr(now),
+            "attempts": "0",
+            "queue": queue,
+        }
+        if request.queue_ttl_s:
+            fields["expires_at"] = repr(now + request.queue_ttl_s)
+        if idem:
+            fields["idempotency_redis_key"] = idem
+        flat = [item for pair in fields.items() for item in pair]
+        created, found_id = self._create(keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem],
+                                         args=[job_id, repr(now), *flat])
+        return self.get(_text(found_id)), bool(created)
+
+    def get(self, job_id: str) -> Job:
+        data = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
+        if not data:
+            raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
+        return Job.from_hash({_text(k): _text(v) for k, v in data.items()})
+
+    def queue_deadline(self, job_id: str) -> float | None:
+        value = self.redis.hget(keys.job_key(job_id), "expires_at")
+        return float(value) if value else None
+
+    def start(self, job_id: str, worker: str, model: dict[str, Any]) -> Job | None:
+        """queued (or running, on redelivery) -> running; expired instead when its queue TTL passed."""
+        deadline = self.queue_deadline(job_id)
+        if deadline is not None and time.time() > deadline:
+            self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(time.time())},
+                            allowed_from=[JobState.QUEUED])
+            return None
+        fields = {"started_at": repr(time.time()), "worker": worker, "model": _dumps(model)}
+        return self.transition(job_id, JobState.RUNNING, fields, count_attempt=True)
+
+    def progress(self, job_id: str, **progress: Any) -> Job | None:
+        return self.transition(job_id, JobState.RUNNING, {"progress": _dumps(progress)},
+                               allowed_from=[JobState.RUNNING])
+
+    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest) -> Job | None:
+        fields = {"result": _dumps(result), "finished_at": repr(time.time()),
+                  "request": _dumps(request.without_text())}
+        return self.transition(job_id, JobState.SUCCEEDED, fields)
+
+    def fail(self, job_id: str, code: str, message: str) -> Job | None:
+        fields = {"error": _dumps({"code": code, "message": message}), "finished_at": repr(time.time())}
+        return self.transition(job_id, JobState.FAILED, fields)
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one is asked to stop at its next check."""
+        done = self.transition(job_id, JobState.CANCELED, {"finished_at": repr(time.time())},
+                               allowed_from=[JobState.QUEUED])
+        if done is None:
+            self.transition(job_id, JobState.RUNNING, {"cancel_requested": "1"},
+                            allowed_from=[JobState.RUNNING])
+        return self.get(job_id)
+
+    def finish_canceled(self, job_id: str) -> Job | None:
+        return self.transition(job_id, JobState.CANCELED, {"finished_at": repr(time.time())},
+                               allowed_from=[JobState.RUNNING])
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        fields: dict[str, str],
+        allowed_from: Iterable[JobState] | None = None,
+        count_attempt: bool = False,
+    ) -> Job | None:
+        """Move a job to `target` and write `fields`, atomically, only from an allowed state."""
+        sources = list(allowed_from) if allowed_from is not None else [
+            state for state, targets in ALLOWED_TRANSITIONS.items() if target in targets
+        ]
+        ttl = self.finished_ttl_s if target.is_terminal else 0
+        flat = [item for pair in fields.items() for item in pair]
+        status, _ = self._transition(
+            keys=[keys.job_key(job_id), keys.job_events_channel(job_id)],
+            args=[target.value, ",".join(s.value for s in sources), ttl, "1" if count_attempt else "0", *flat],
+        )
+        if _text(status) == "missing":
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return self.get(job_id) if _text(status) == "ok" else None
+
+    def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
+        """Newest first; index entries whose record expired are pruned on the way."""
+        jobs: list[Job] = []
+        for start in range(0, 10_000, 200):
+            ids = [_text(i) for i in self.redis.zrevrange(keys.JOB_INDEX_KEY, start, start + 199)]
+            if not ids:
+                break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(keys.job_key(job_id))
+            for job_id, data in zip(ids, pipe.execute(), strict=True):
+                if not data:
+                    self.redis.zrem(keys.JOB_INDEX_KEY, job_id)
+                    continue
+                job = Job.from_hash({_text(k): _text(v) for k, v in data.items()})
+                if state is None or job.state is state:
+                    jobs.append(job)
+                if len(jobs) >= limit:
+                    return jobs
+        return jobs
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

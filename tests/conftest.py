@@ -1,0 +1,83 @@
+"""Session-wide real services: one redis-server and one moto S3 server, each a subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from producer import processes
+from producer.client import NarrationClient
+from producer.settings import Settings
+from tests import services
+
+# boto3 in the tests and in worker subprocesses talks to moto with these throwaway credentials.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret-key",
+                  AWS_DEFAULT_REGION="us-east-1")
+for name in [k for k in os.environ if k.startswith("ECHOFORGE_")]:
+    del os.environ[name]
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(service_logs: Path) -> Iterator[str]:
+    proc, url = services.start_redis(service_logs)
+    yield url
+    processes.stop(proc, grace_s=5)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The session's Redis, emptied before and after each test."""
+    services.flush(redis_server)
+    yield redis_server
+    services.flush(redis_server)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(service_logs: Path) -> Iterator[str]:
+    proc, url = services.start_s3(service_logs)
+    yield url
+    processes.stop(proc, grace_s=5)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    name = f"echoforge-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def settings(redis_url: str, s3_endpoint: str, bucket: str) -> Settings:
+    return Settings(redis_url=redis_url, storage_url=f"s3://{bucket}/narrations", s3_endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[NarrationClient]:
+    c = NarrationClient(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
+    """Start real worker processes; all are stopped when the test ends."""
+    started: list[services.Worker] = []
+
+    def start(settings: Settings, **kwargs: object) -> services.Worker:
+        worker = services.start_worker(settings, tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

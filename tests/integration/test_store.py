@@ -1,0 +1,74 @@
+"""JobStore against a real Redis: guarded transitions, idempotency, listing, TTLs."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from producer import keys
+from producer.errors import JobNotFoundError
+from producer.jobs import JobState, NarrationRequest
+from producer.store import JobStore
+
+
+@pytest.fixture
+def store(redis_url: str) -> JobStore:
+    return JobStore(redis.Redis.from_url(redis_url), finished_ttl_s=120)
+
+
+def _request(**fields: object) -> NarrationRequest:
+    return NarrationRequest.parse({"text": "Hello.", **fields})
+
+
+def test_terminal_states_never_change(store: JobStore) -> None:
+    job, created = store.create(_request(), "q")
+    assert created and job.state is JobState.QUEUED
+    assert store.start(job.id, "w1", {"kind": "placeholder"}) is not None
+    assert store.succeed(job.id, {"key": "k"}, _request()) is not None
+    assert store.fail(job.id, "late", "too late") is None
+    assert store.start(job.id, "w2", {}) is None
+    assert store.finish_canceled(job.id) is None
+    final = store.get(job.id)
+    assert final.state is JobState.SUCCEEDED and final.error is None and final.attempts == 1
+    assert 0 < store.redis.ttl(keys.job_key(job.id)) <= 120
+
+
+def test_cancel_queued_is_immediate_and_running_is_a_request(store: JobStore) -> None:
+    queued, _ = store.create(_request(), "q")
+    assert store.cancel(queued.id).state is JobState.CANCELED
+    assert store.start(queued.id, "w", {}) is None, "a canceled job never starts"
+    running, _ = store.create(_request(), "q")
+    store.start(running.id, "w", {})
+    asked = store.cancel(running.id)
+    assert asked.state is JobState.RUNNING and asked.cancel_requested
+
+
+def test_queue_ttl_expires_a_job_that_waited_too_long(store: JobStore) -> None:
+    job, _ = store.create(_request(queue_ttl_s=1), "q")
+    time.sleep(1.1)
+    assert store.start(job.id, "w", {}) is None
+    assert store.get(job.id).state is JobState.EXPIRED
+
+
+def test_idempotency_key_gives_one_job_under_concurrency(store: JobStore) -> None:
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda _: store.create(_request(idempotency_key="order-7"), "q"), range(20)))
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+def test_list_is_newest_first_and_filters_by_state(store: JobStore) -> None:
+    ids = [store.create(_request(), "q")[0].id for _ in range(3)]
+    store.start(ids[0], "w", {})
+    assert [j.id for j in store.list()] == ids[::-1]
+    assert [j.id for j in store.list(state=JobState.RUNNING)] == [ids[0]]
+    assert len(store.list(limit=2)) == 2
+
+
+def test_unknown_or_malformed_ids_are_not_found(store: JobStore) -> None:
+    for bad in ("0" * 32, "../../etc/passwd", ""):
+        with pytest.raises(JobNotFoundError):
+            store.get(bad)

@@ -1,0 +1,85 @@
+"""Real service processes for the tests: redis-server, moto's S3 server, Celery workers, Flower."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from producer import processes
+from producer.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    port = port or processes.free_port()
+    args = [processes.redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+    proc = processes.start(args, log_dir / f"redis-{port}.log")
+    processes.wait_for_port(port, 15, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def start_s3(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = processes.free_port()
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = processes.start(args, log_dir / "moto.log")
+    processes.wait_for_port(port, 30, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a worker subprocess needs to see `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"ECHOFORGE_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        processes.stop(self.process, grace_s=20)
+
+
+def start_worker(settings: Settings, log_dir: Path, name: str | None = None,
+                 extra_env: dict[str, str] | None = None, timeout: float = 60) -> Worker:
+    """A real `celery -A worker.app worker` (prefork, one child), returned once it is ready."""
+    name = name or f"w{uuid.uuid4().hex[:6]}"
+    env = {**settings_env(settings), **(extra_env or {})}
+    log_path = log_dir / f"worker-{name}.log"
+    args = processes.celery_command("worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+                                    "--hostname", f"{name}@%h", "--queues", settings.queue,
+                                    "--without-mingle", "--without-gossip")
+    proc = processes.start(args, log_path, env)
+    worker = Worker(name, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while "ready." not in (log_path.read_text(errors="replace") if log_path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            worker.stop()
+            raise RuntimeError(f"worker {name} did not start:\n{worker.log()[-3000:]}")
+        time.sleep(0.1)
+    return worker
+
+
+def flush(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()

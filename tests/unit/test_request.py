@@ -1,0 +1,74 @@
+"""NarrationRequest refuses bad input with a message naming the field, before anything is enqueued."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from producer.errors import InvalidRequestError
+from producer.jobs import MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, NarrationRequest, normalize_text
+
+
+def test_whitespace_is_normalized_and_paragraphs_kept() -> None:
+    text = "  Hello\t\tthere,   world. \r\n\r\n\r\n\n Second   paragraph.\u00a0 "
+    assert normalize_text(text) == "Hello there, world.\n\nSecond paragraph."
+
+
+def test_defaults() -> None:
+    request = NarrationRequest.parse({"text": "Hi."})
+    assert (request.speaker_id, request.temperature, request.top_k, request.output_format) == (1, 0.9, 50, "wav")
+    assert request.priority == 5 and request.idempotency_key is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": " \n\t  "}, "empty after whitespace"),
+        ({"text": "x" * (MAX_TEXT_CHARS + 1)}, "limit"),
+        ({"text": 42}, "text"),
+        ({"text": ["a"]}, "text"),
+        ({"text": "bell\x07"}, "control"),
+        ({"text": "nul\x00"}, "control"),
+        ({"text": "lone \ud800 surrogate"}, "invalid character"),
+        ({"text": "ok", "speaker_id": -1}, "speaker_id"),
+        ({"text": "ok", "speaker_id": 10**9}, "speaker_id"),
+        ({"text": "ok", "speaker_id": 1.5}, "speaker_id"),
+        ({"text": "ok", "speaker_id": "1"}, "speaker_id"),
+        ({"text": "ok", "speaker_id": True}, "speaker_id"),
+        ({"text": "ok", "temperature": 0}, "temperature"),
+        ({"text": "ok", "temperature": -0.5}, "temperature"),
+        ({"text": "ok", "temperature": math.nan}, "temperature"),
+        ({"text": "ok", "temperature": math.inf}, "temperature"),
+        ({"text": "ok", "top_k": 0}, "top_k"),
+        ({"text": "ok", "top_k": 10**6}, "top_k"),
+        ({"text": "ok", "output_format": "mp3"}, "output_format"),
+        ({"text": "ok", "priority": 10}, "priority"),
+        ({"text": "ok", "idempotency_key": "../../etc"}, "idempotency_key"),
+        ({"text": "ok", "queue_ttl_s": 0}, "queue_ttl_s"),
+        ({"text": "ok", "voice": "x"}, "voice"),
+    ],
+)
+def test_bad_fields_are_refused_with_the_field_named(fields: dict[str, object], names: str) -> None:
+    with pytest.raises(InvalidRequestError, match=names):
+        NarrationRequest.parse(fields)
+
+
+def test_payload_checks() -> None:
+    with pytest.raises(InvalidRequestError, match="limit"):
+        NarrationRequest.from_json(b" " * (MAX_PAYLOAD_BYTES + 1))
+    with pytest.raises(InvalidRequestError, match="UTF-8"):
+        NarrationRequest.from_json(b'{"text": "\xff\xfe"}')
+    with pytest.raises(InvalidRequestError, match="must be an object"):
+        NarrationRequest.from_json(b'["text"]')
+    assert NarrationRequest.from_json(json.dumps({"text": "fine"})).text == "fine"
+
+
+def test_request_is_frozen_and_without_text_keeps_a_hash() -> None:
+    request = NarrationRequest.parse({"text": "Keep me."})
+    with pytest.raises(Exception, match="frozen"):
+        request.text = "changed"  # type: ignore[misc]
+    kept = request.without_text()
+    assert "text" not in kept and kept["text_chars"] == 8 and len(kept["text_sha256"]) == 64

@@ -1,0 +1,56 @@
+"""What every speech model offers besides generation: saving audio and freeing resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.models.errors import CSMModelError
+
+__all__ = ["SAMPLE_RATE", "SpeechModel"]
+
+SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
+
+
+class SpeechModel:
+    """Shared behaviour of CSMModel and PlaceholderCSMModel."""
+
+    kind = "unknown"
+    model_id = "unknown"
+    revision: str | None = None
+    device = "cpu"
+
+    def generate_speech(
+        self,
+        text: str,
+        speaker_id: int = 1,
+        temperature: float = 0.9,
+        top_k: int = 50,
+        context: list[Any] | None = None,
+        max_audio_length_ms: float | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """Mono float32 audio for `text` and its sample rate (24 kHz)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a job record says about the model that ran it."""
+        return {"kind": self.kind, "id": self.model_id, "revision": self.revision, "device": self.device}
+
+    @staticmethod
+    def save_audio(audio: np.ndarray, sample_rate: int, path: str | Path) -> Path:
+        """Write mono float audio as 16-bit WAV or FLAC, chosen by the file suffix."""
+        import soundfile as sf
+
+        target = Path(path)
+        formats = {".wav": "WAV", ".flac": "FLAC"}
+        if target.suffix.lower() not in formats:
+            raise CSMModelError(f"cannot save {target.name}: use a .wav or .flac suffix")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(target, np.asarray(audio, dtype=np.float32), sample_rate,
+                 format=formats[target.suffix.lower()], subtype="PCM_16")
+        return target
+
+    def cleanup(self) -> None:
+        """Free what the model holds (GPU memory for CSM); the placeholder holds nothing."""

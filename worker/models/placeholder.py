@@ -1,0 +1,50 @@
+"""PlaceholderCSMModel: the same API as CSMModel, producing a soft tone as long as speech would be."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from worker.models.base import SAMPLE_RATE, SpeechModel
+
+__all__ = ["PlaceholderCSMModel"]
+
+CHARS_PER_SECOND = 15.0  # about 150 words a minute
+MIN_SECONDS = 0.4
+
+
+class PlaceholderCSMModel(SpeechModel):
+    """A real tone generator for development, demos and tests where no CSM weights are present.
+
+    `rtf` (wall seconds per second of audio) makes it take time like a GPU would, by sleeping, so
+    queue behaviour can be exercised without burning CPU.
+    """
+
+    kind = "placeholder"
+    model_id = "placeholder-tone"
+
+    def __init__(self, rtf: float = 0.0) -> None:
+        self.rtf = rtf
+
+    def generate_speech(
+        self,
+        text: str,
+        speaker_id: int = 1,
+        temperature: float = 0.9,
+        top_k: int = 50,
+        context: list[Any] | None = None,
+        max_audio_length_ms: float | None = None,
+    ) -> tuple[np.ndarray, int]:
+        seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)
+        if max_audio_length_ms is not None:
+            seconds = min(seconds, max_audio_length_ms / 1000)
+        samples = int(seconds * SAMPLE_RATE)
+        t = np.arange(samples, dtype=np.float32) / SAMPLE_RATE
+        pitch = 150.0 + 15.0 * (speaker_id % 8)
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)  # a syllable-like swell
+        audio = (0.2 * envelope * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+        if self.rtf > 0:
+            time.sleep(seconds * self.rtf)
+        return audio, SAMPLE_RATE

@@ -1,0 +1,62 @@
+"""What one worker process holds for its lifetime: settings, store, storage and the model, built after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from producer.settings import Settings
+from producer.storage import LocalStorage, S3Storage, open_storage
+from producer.store import JobStore
+from worker.models import CSMModelError, PlaceholderCSMModel, SpeechModel
+
+__all__ = ["Runtime", "get_runtime", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: JobStore
+    storage: LocalStorage | S3Storage
+    model: SpeechModel | None
+    model_info: dict[str, Any] = field(default_factory=dict)
+    model_error: str | None = None
+
+
+def load_model(settings: Settings) -> tuple[SpeechModel, dict[str, Any]]:
+    """The model this process serves with, and what job records say about it."""
+    if not settings.allow_placeholder:
+        raise CSMModelError("the placeholder is refused (ECHOFORGE_ALLOW_PLACEHOLDER=false) and no CSM model "
+                            "is configured")
+    model = PlaceholderCSMModel(rtf=settings.placeholder_rtf)
+    return model, {**model.describe(), "fallback_reason": None}
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+
+
+def get_runtime(settings: Settings | None = None) -> Runtime:
+    """This process's Runtime, built on first use (never inherited across a fork)."""
+    global _runtime, _runtime_pid
+    if _runtime is None or _runtime_pid != os.getpid():
+        settings = settings or Settings()
+        store = JobStore(redis.Redis.from_url(settings.redis_url), settings.finished_job_ttl_s)
+        model: SpeechModel | None = None
+        info: dict[str, Any] = {}
+        error: str | None = None
+        try:
+            model, info = load_model(settings)
+            log.info("model ready: %s", info)
+        except CSMModelError as e:
+            error = str(e)
+            log.error("no model in this process, jobs will fail: %s", error)
+        _runtime = Runtime(settings, store, open_storage(settings), model, info, error)
+        _runtime_pid = os.getpid()
+    return _runtime
