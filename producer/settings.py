@@ -34,7 +34,6 @@ class Settings(BaseSettings):
     visibility_timeout_s: int | None = None
     model_load_timeout_s: int = Field(default=900, ge=4)
     finished_job_ttl_s: int = Field(default=keys.FINISHED_JOB_TTL_S, ge=60)
-    log_level: str = "INFO"
 
     @field_validator("storage_url")
     @classmethod

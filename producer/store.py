@@ -32,15 +32,20 @@ return {1, ARGV[1]}
 """
 
 # KEYS: job hash, events channel. ARGV: target state, allowed current states (comma separated),
-# ttl to set (0: none), '1' to count an attempt, then field/value pairs.
+# ttl to set (0: none), '1' to count an attempt, now ('' to skip the queue-deadline check), then field/value
+# pairs. Returns {'ok', <the whole record, flattened>} or {'missing' | 'refused' | 'expired', current state}.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {'missing', ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',', 1, true) then
   return {'refused', current}
 end
+if current == 'queued' and ARGV[5] ~= '' then
+  local deadline = redis.call('HGET', KEYS[1], 'expires_at')
+  if deadline and tonumber(deadline) < tonumber(ARGV[5]) then return {'expired', current} end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
@@ -49,8 +54,12 @@ if ttl > 0 then
   if idem then redis.call('EXPIRE', idem, ttl) end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[1])
-return {'ok', current}
+return {'ok', redis.call('HGETALL', KEYS[1])}
 """
+
+
+class _QueueDeadlinePassed(Exception):
+    """The job waited in the queue past its queue_ttl_s."""
 
 
 def is_job_id(value: object) -> bool:
@@ -89,7 +98,7 @@ class JobStore:
         flat = [item for pair in fields.items() for item in pair]
         created, found_id = self._create(keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem],
                                          args=[job_id, repr(now), *flat])
-        return self.get(_text(found_id)), bool(created)
+        return (Job.from_hash(fields), True) if created else (self.get(_text(found_id)), False)
 
     def get(self, job_id: str) -> Job:
         data = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
@@ -97,27 +106,24 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
         return Job.from_hash({_text(k): _text(v) for k, v in data.items()})
 
-    def queue_deadline(self, job_id: str) -> float | None:
-        value = self.redis.hget(keys.job_key(job_id), "expires_at")
-        return float(value) if value else None
-
-    def start(self, job_id: str, worker: str, model: dict[str, Any]) -> Job | None:
+    def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
         """queued (or running, on redelivery) -> running; expired instead when its queue TTL passed."""
-        deadline = self.queue_deadline(job_id)
-        if deadline is not None and time.time() > deadline:
-            self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(time.time())},
-                            allowed_from=[JobState.QUEUED])
+        now = time.time()
+        fields = {"started_at": repr(now), "worker": worker, "model": _dumps(model), "progress": _dumps(progress)}
+        try:
+            return self.transition(job_id, JobState.RUNNING, fields, count_attempt=True, now=now)
+        except _QueueDeadlinePassed:
+            self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(now)}, allowed_from=[JobState.QUEUED])
             return None
-        fields = {"started_at": repr(time.time()), "worker": worker, "model": _dumps(model)}
-        return self.transition(job_id, JobState.RUNNING, fields, count_attempt=True)
 
     def progress(self, job_id: str, **progress: Any) -> Job | None:
+        """Record progress of a running job; the returned record tells whether a cancel was asked for."""
         return self.transition(job_id, JobState.RUNNING, {"progress": _dumps(progress)},
                                allowed_from=[JobState.RUNNING])
 
-    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest) -> Job | None:
+    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest, **progress: Any) -> Job | None:
         fields = {"result": _dumps(result), "finished_at": repr(time.time()),
-                  "request": _dumps(request.without_text())}
+                  "request": _dumps(request.without_text()), "progress": _dumps(progress)}
         return self.transition(job_id, JobState.SUCCEEDED, fields)
 
     def fail(self, job_id: str, code: str, message: str) -> Job | None:
@@ -144,6 +150,7 @@ class JobStore:
         fields: dict[str, str],
         allowed_from: Iterable[JobState] | None = None,
         count_attempt: bool = False,
+        now: float | None = None,
     ) -> Job | None:
         """Move a job to `target` and write `fields`, atomically, only from an allowed state."""
         sources = list(allowed_from) if allowed_from is not None else [
@@ -151,13 +158,19 @@ class JobStore:
         ]
         ttl = self.finished_ttl_s if target.is_terminal else 0
         flat = [item for pair in fields.items() for item in pair]
-        status, _ = self._transition(
+        status, record = self._transition(
             keys=[keys.job_key(job_id), keys.job_events_channel(job_id)],
-            args=[target.value, ",".join(s.value for s in sources), ttl, "1" if count_attempt else "0", *flat],
+            args=[target.value, ",".join(s.value for s in sources), ttl, "1" if count_attempt else "0",
+                  "" if now is None else repr(now), *flat],
         )
-        if _text(status) == "missing":
+        status = _text(status)
+        if status == "missing":
             raise JobNotFoundError(f"no job {job_id!r}")
-        return self.get(job_id) if _text(status) == "ok" else None
+        if status == "expired":
+            raise _QueueDeadlinePassed(job_id)
+        if status == "refused":
+            return None
+        return Job.from_hash({_text(k): _text(v) for k, v in zip(record[::2], record[1::2], strict=True)})
 
     def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
         """Newest first; index entries whose record expired are pruned on the way."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,11 +14,7 @@ from producer.client import NarrationClient
 from producer.settings import Settings
 from tests import services
 
-# boto3 in the tests and in worker subprocesses talks to moto with these throwaway credentials.
-os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret-key",
-                  AWS_DEFAULT_REGION="us-east-1")
-for name in [k for k in os.environ if k.startswith("ECHOFORGE_")]:
-    del os.environ[name]
+services.use_test_environment()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,18 @@ def start_redis(log_dir: Path, port: int | None = None) -> tuple[subprocess.Pope
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+# boto3 in the tests, the benchmarks and their worker subprocesses talks to moto with throwaway credentials.
+TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def use_test_environment() -> None:
+    """Throwaway S3 credentials, and no ECHOFORGE_* setting leaking in from the caller's shell."""
+    for name in [k for k in os.environ if k.startswith("ECHOFORGE_")]:
+        del os.environ[name]
+    os.environ.update(TEST_AWS_ENV)
+
+
 def start_s3(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = processes.free_port()
     args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]

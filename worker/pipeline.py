@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
     """Run one job to a terminal state; returns that state, or None when the job was not runnable."""
     store = rt.store
-    job = store.start(job_id, worker=worker, model=rt.model_info)
+    job = store.start(job_id, worker=worker, model=rt.model_info, chunks_done=0, chunks_total=1, audio_s=0.0)
     if job is None:
         log.info("job %s: not started (already %s)", job_id, store.get(job_id).state.value)
         return None
@@ -30,15 +30,18 @@ def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
         return _cancel(rt, job_id)
     request = job.narration_request()
     log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
-    store.progress(job_id, chunks_done=0, chunks_total=1, audio_s=0.0)
 
     audio, sample_rate = rt.model.generate_speech(
         request.text, speaker_id=request.speaker_id, temperature=request.temperature, top_k=request.top_k
     )
     duration_s = round(len(audio) / sample_rate, 3)
-    if store.get(job_id).cancel_requested:
+    progress = {"chunks_done": 1, "chunks_total": 1, "audio_s": duration_s}
+    job = store.progress(job_id, **progress)
+    if job is None:
+        log.info("job %s: ended elsewhere while synthesizing; result discarded", job_id)
+        return None
+    if job.cancel_requested:
         return _cancel(rt, job_id)
-    store.progress(job_id, chunks_done=1, chunks_total=1, audio_s=duration_s)
 
     name = f"narration.{request.output_format}"
     key = rt.storage.key_for(job_id, name)
@@ -56,7 +59,7 @@ def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
             "sha256": file_sha256(path),
         }
         rt.storage.put_file(key, path, CONTENT_TYPES[request.output_format])
-    store.succeed(job_id, result, request)
+    store.succeed(job_id, result, request, **progress)
     log.info("job %s: succeeded, %.2f s of audio at %s", job_id, duration_s, result["url"])
     return JobState.SUCCEEDED
 
