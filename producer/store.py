@@ -101,10 +101,10 @@ class JobStore:
         return (Job.from_hash(fields), True) if created else (self.get(_text(found_id)), False)
 
     def get(self, job_id: str) -> Job:
-        data = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
+        data: Any = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
         if not data:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
-        return Job.from_hash({_text(k): _text(v) for k, v in data.items()})
+        return _job(data.items())
 
     def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
         """queued (or running, on redelivery) -> running; expired instead when its queue TTL passed."""
@@ -170,13 +170,14 @@ class JobStore:
             raise _QueueDeadlinePassed(job_id)
         if status == "refused":
             return None
-        return Job.from_hash({_text(k): _text(v) for k, v in zip(record[::2], record[1::2], strict=True)})
+        return _job(zip(record[::2], record[1::2], strict=True))
 
     def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
         """Newest first; index entries whose record expired are pruned on the way."""
         jobs: list[Job] = []
         for start in range(0, 10_000, 200):
-            ids = [_text(i) for i in self.redis.zrevrange(keys.JOB_INDEX_KEY, start, start + 199)]
+            page: Any = self.redis.zrevrange(keys.JOB_INDEX_KEY, start, start + 199)
+            ids = [_text(i) for i in page]
             if not ids:
                 break
             pipe = self.redis.pipeline(transaction=False)
@@ -186,12 +187,16 @@ class JobStore:
                 if not data:
                     self.redis.zrem(keys.JOB_INDEX_KEY, job_id)
                     continue
-                job = Job.from_hash({_text(k): _text(v) for k, v in data.items()})
+                job = _job(data.items())
                 if state is None or job.state is state:
                     jobs.append(job)
                 if len(jobs) >= limit:
                     return jobs
         return jobs
+
+
+def _job(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> Job:
+    return Job.from_hash({_text(k): _text(v) for k, v in pairs})
 
 
 def _text(value: bytes | str) -> str:
