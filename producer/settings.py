@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     model_revision: str | None = None
     model_path: str | None = None
     device: str | None = None
+    use_placeholder: bool = False
     allow_placeholder: bool = True
     placeholder_rtf: float = Field(default=0.0, ge=0.0)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from producer.jobs import JobState
 from worker.audio import CONTENT_TYPES, encode, file_sha256
-from worker.models import CSMModelError
+from worker.models import CSMModelLoadError
 from worker.runtime import Runtime
 
 __all__ = ["run"]
@@ -25,7 +25,7 @@ def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
         log.info("job %s: not started (already %s)", job_id, store.get(job_id).state.value)
         return None
     if rt.model is None:
-        raise CSMModelError(rt.model_error or "no model loaded in this worker")
+        raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
     if job.cancel_requested:
         return _cancel(rt, job_id)
     request = job.narration_request()

@@ -12,7 +12,7 @@ import redis
 from producer.settings import Settings
 from producer.storage import LocalStorage, S3Storage, open_storage
 from producer.store import JobStore
-from worker.models import CSMModelError, PlaceholderCSMModel, SpeechModel
+from worker.models import CSMModelError, SpeechModel, create_csm_model
 
 __all__ = ["Runtime", "get_runtime", "load_model"]
 
@@ -31,11 +31,8 @@ class Runtime:
 
 def load_model(settings: Settings) -> tuple[SpeechModel, dict[str, Any]]:
     """The model this process serves with, and what job records say about it."""
-    if not settings.allow_placeholder:
-        raise CSMModelError("the placeholder is refused (ECHOFORGE_ALLOW_PLACEHOLDER=false) and no CSM model "
-                            "is configured")
-    model = PlaceholderCSMModel(rtf=settings.placeholder_rtf)
-    return model, {**model.describe(), "fallback_reason": None}
+    model = create_csm_model(settings=settings)
+    return model, model.describe()
 
 
 _runtime: Runtime | None = None

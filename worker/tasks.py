@@ -12,7 +12,7 @@ from producer.errors import InvalidRequestError, JobNotFoundError, StorageError
 from producer.store import is_job_id
 from worker import pipeline
 from worker.app import app, settings
-from worker.models import CSMModelError
+from worker.models import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 from worker.runtime import get_runtime
 
 __all__ = ["narrate"]
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 ERROR_CODES: list[tuple[type[BaseException], str]] = [
     (SoftTimeLimitExceeded, "timeout"),
     (InvalidRequestError, "invalid_request"),
-    (CSMModelError, "model_unavailable"),
+    (CSMModelNotFoundError, "model_unavailable"),
+    (CSMModelLoadError, "model_unavailable"),
+    (CSMModelError, "synthesis_failed"),
     (StorageError, "storage_error"),
 ]
 

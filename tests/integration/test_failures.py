@@ -31,4 +31,4 @@ def test_refused_placeholder_fails_jobs_with_model_unavailable(
     job = client.wait(client.submit({"text": "No model, no audio."}).id, timeout=60)
     assert job.state is JobState.FAILED
     assert job.error is not None and job.error["code"] == "model_unavailable"
-    assert "ECHOFORGE_ALLOW_PLACEHOLDER" in job.error["message"]
+    assert "ECHOFORGE_MODEL_PATH" in job.error["message"], "the message says how to fix it"

@@ -1,14 +1,23 @@
-"""The EchoForge model layer: CSM-1B speech generation with a placeholder fallback."""
+"""The EchoForge model layer: CSM-1B speech generation with a placeholder fallback.
 
-from worker.models.base import SAMPLE_RATE, SpeechModel
+The API of the original EchoForge model package: create_csm_model, CSMModel, PlaceholderCSMModel and the
+CSMModelError tree. torch and transformers are imported only when a CSM model is created.
+"""
+
+from worker.models.base import SAMPLE_RATE, Segment, SpeechModel
+from worker.models.csm_model import CSMModel
 from worker.models.errors import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
+from worker.models.factory import create_csm_model
 from worker.models.placeholder import PlaceholderCSMModel
 
 __all__ = [
     "SAMPLE_RATE",
+    "CSMModel",
     "CSMModelError",
     "CSMModelLoadError",
     "CSMModelNotFoundError",
     "PlaceholderCSMModel",
+    "Segment",
     "SpeechModel",
+    "create_csm_model",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,19 @@ import numpy as np
 
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "SpeechModel"]
+__all__ = ["SAMPLE_RATE", "Segment", "SpeechModel"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One utterance of context (voice prompt): who spoke, what they said, and the audio at any sample rate."""
+
+    speaker: int
+    text: str
+    audio: Any  # 1-D numpy array or torch tensor
+    sample_rate: int = SAMPLE_RATE
 
 
 class SpeechModel:
@@ -28,15 +39,18 @@ class SpeechModel:
         speaker_id: int = 1,
         temperature: float = 0.9,
         top_k: int = 50,
-        context: list[Any] | None = None,
+        context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
     ) -> tuple[np.ndarray, int]:
         """Mono float32 audio for `text` and its sample rate (24 kHz)."""
         raise NotImplementedError
 
+    fallback_reason: str | None = None
+
     def describe(self) -> dict[str, Any]:
         """What a job record says about the model that ran it."""
-        return {"kind": self.kind, "id": self.model_id, "revision": self.revision, "device": self.device}
+        return {"kind": self.kind, "id": self.model_id, "revision": self.revision, "device": self.device,
+                "fallback_reason": self.fallback_reason}
 
     @staticmethod
     def save_audio(audio: np.ndarray, sample_rate: int, path: str | Path) -> Path:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
-from worker.models.base import SAMPLE_RATE, SpeechModel
+from worker.models.base import SAMPLE_RATE, Segment, SpeechModel
 
 __all__ = ["PlaceholderCSMModel"]
 
@@ -25,8 +24,9 @@ class PlaceholderCSMModel(SpeechModel):
     kind = "placeholder"
     model_id = "placeholder-tone"
 
-    def __init__(self, rtf: float = 0.0) -> None:
+    def __init__(self, rtf: float = 0.0, fallback_reason: str | None = None) -> None:
         self.rtf = rtf
+        self.fallback_reason = fallback_reason
 
     def generate_speech(
         self,
@@ -34,7 +34,7 @@ class PlaceholderCSMModel(SpeechModel):
         speaker_id: int = 1,
         temperature: float = 0.9,
         top_k: int = 50,
-        context: list[Any] | None = None,
+        context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
     ) -> tuple[np.ndarray, int]:
         seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)

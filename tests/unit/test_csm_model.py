@@ -1,0 +1,134 @@
+"""The CSM model layer on a tiny random CSM checkpoint, loaded through the same code users use."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from producer.settings import Settings
+from tests.csm_checkpoint import build_tiny_checkpoint
+from tests.services import REPO
+from worker.models import (
+    SAMPLE_RATE,
+    CSMModel,
+    CSMModelLoadError,
+    CSMModelNotFoundError,
+    PlaceholderCSMModel,
+    Segment,
+    create_csm_model,
+)
+from worker.models.csm_model import SAMPLES_PER_FRAME, frame_budget
+from worker.models.device import select_device
+
+TEXT = "The lighthouse keeper counted the waves."
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path) -> CSMModel:
+    return CSMModel(str(checkpoint), device="cpu")
+
+
+def test_generation_returns_24k_float32_matching_the_frames_generated(model: CSMModel) -> None:
+    audio, rate = model.generate_speech(TEXT, speaker_id=0, temperature=0.8, top_k=20, max_audio_length_ms=1200)
+    stats = model.last_generation
+    assert stats is not None
+    assert rate == SAMPLE_RATE and audio.dtype == np.float32 and audio.ndim == 1
+    assert 1 <= stats.frames <= stats.frame_cap == 15
+    assert len(audio) + stats.trimmed_samples == stats.frames * SAMPLES_PER_FRAME
+    assert model.describe() == {"kind": "csm", "id": model.model_id, "revision": None, "device": "cpu",
+                                "fallback_reason": None, "dtype": "bfloat16"}
+
+
+def test_a_16khz_reference_segment_works_as_context(model: CSMModel) -> None:
+    model.generate_speech(TEXT, max_audio_length_ms=240)
+    alone = model.last_generation
+    reference = (0.1 * np.sin(np.linspace(0, 2000, 16_000))).astype(np.float32)  # 1 s at 16 kHz
+    audio, _ = model.generate_speech(TEXT, context=[Segment(1, "Hello there.", reference, 16_000)],
+                                     max_audio_length_ms=240)
+    with_context = model.last_generation
+    assert alone is not None and with_context is not None
+    # 1 s resampled to 24 kHz is 13 Mimi frames, plus the segment's text tokens.
+    assert with_context.prompt_tokens >= alone.prompt_tokens + 13
+    assert len(audio) > 0
+
+
+def test_frame_budget_caps_runaway_generation_by_text_length() -> None:
+    assert frame_budget("Hi.") < frame_budget("A much longer sentence, with several clauses, to read.")
+    assert frame_budget("x" * 60) == 150  # (2 s + 60 chars at 6 per s) at 12.5 frames/s
+    assert frame_budget("x" * 6000, max_audio_length_ms=800) == 10
+
+
+def test_context_that_fills_the_position_budget_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    small = build_tiny_checkpoint(tmp_path / "short", max_positions=40)
+    with pytest.raises(Exception, match="positions"):
+        CSMModel(str(small), device="cpu").generate_speech("word " * 60)
+
+
+def test_missing_path_is_not_found_with_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(CSMModelNotFoundError, match="ECHOFORGE_MODEL_PATH"):
+        CSMModel(str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_uncached_hub_model_is_not_found_quickly() -> None:
+    with pytest.raises(CSMModelNotFoundError, match="no-such-org/no-such-model"):
+        CSMModel(None, device="cpu", model_id="no-such-org/no-such-model")
+
+
+def test_corrupted_weights_are_a_load_error(checkpoint: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(checkpoint, tmp_path / "broken"))
+    (broken / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 100)
+    with pytest.raises(CSMModelLoadError, match="cannot load"):
+        CSMModel(str(broken), device="cpu")
+
+
+def test_create_falls_back_to_the_placeholder_only_when_allowed(checkpoint: Path, tmp_path: Path) -> None:
+    real = create_csm_model(model_path=str(checkpoint), device="cpu", settings=Settings())
+    assert isinstance(real, CSMModel)
+    fallback = create_csm_model(model_path=str(tmp_path / "missing"), settings=Settings(allow_placeholder=True))
+    assert isinstance(fallback, PlaceholderCSMModel)
+    assert fallback.fallback_reason is not None and "missing" in fallback.fallback_reason
+    with pytest.raises(CSMModelNotFoundError):
+        create_csm_model(model_path=str(tmp_path / "missing"), settings=Settings(allow_placeholder=False))
+    assert isinstance(create_csm_model(use_placeholder=True, settings=Settings()), PlaceholderCSMModel)
+
+
+def test_device_selection() -> None:
+    assert select_device("cpu") == ("cpu", None)
+    device, reason = select_device("cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert device == "cpu" and reason == "CUDA is not available"
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_save_audio_and_cleanup(checkpoint: Path, tmp_path: Path) -> None:
+    model = CSMModel(str(checkpoint), device="cpu")
+    audio, rate = model.generate_speech("Hello.", max_audio_length_ms=400)
+    for name in ("speech.wav", "speech.flac"):
+        info = sf.info(str(model.save_audio(audio, rate, tmp_path / name)))
+        assert (info.samplerate, info.channels) == (SAMPLE_RATE, 1)
+    model.cleanup()
+    assert model.model is None
+
+
+def test_example_script_runs_with_and_without_weights(checkpoint: Path, tmp_path: Path) -> None:
+    script = REPO / "examples" / "csm_model_example.py"
+    for extra, kind in ((["--model-path", str(checkpoint)], "'csm'"), ([], "'placeholder'")):
+        out = tmp_path / f"example-{kind.strip(chr(39))}.wav"
+        done = subprocess.run([sys.executable, str(script), *extra, "--text", "Hi.", "-o", str(out)],
+                              capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert f"'kind': {kind}" in done.stdout and out.exists()
