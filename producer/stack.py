@@ -125,5 +125,7 @@ def _demo(stack: Stack, settings: Settings) -> int:
     assert job.result is not None
     print(f"demo job   succeeded: {job.result['duration_s']:.1f} s of audio, model {job.model.get('kind')} "
           f"on {job.model.get('device')}")
+    if job.model.get("fallback_reason"):
+        print(f"           (why: {job.model['fallback_reason']})")
     print(f"narration  {job.result['url']}")
     return 0

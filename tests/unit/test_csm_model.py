@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from producer.settings import Settings
 from tests.csm_checkpoint import build_tiny_checkpoint
-from tests.services import REPO
 from worker.models import (
     SAMPLE_RATE,
     CSMModel,
@@ -26,7 +26,9 @@ from worker.models import (
 from worker.models.csm_model import SAMPLES_PER_FRAME, frame_budget
 from worker.models.device import select_device
 
+REPO = Path(__file__).resolve().parents[2]
 TEXT = "The lighthouse keeper counted the waves."
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with 2 GB free")
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +107,26 @@ def test_create_falls_back_to_the_placeholder_only_when_allowed(checkpoint: Path
 
 def test_device_selection() -> None:
     assert select_device("cpu") == ("cpu", None)
-    device, reason = select_device("cuda")
-    import torch
-
-    if not torch.cuda.is_available():
-        assert device == "cpu" and reason == "CUDA is not available"
+    if torch.cuda.is_available():
+        assert select_device("cuda") == ("cuda:0", None)
+        assert select_device(f"cuda:{torch.cuda.device_count()}")[0] == "cpu"
+    else:
+        assert select_device("cuda") == ("cpu", "CUDA is not available")
     with pytest.raises(ValueError, match="unknown device"):
         select_device("tpu")
+
+
+@needs_cuda
+def test_cuda_path_runs_bf16_with_an_fp32_codec_and_cleanup_frees_memory(checkpoint: Path) -> None:
+    model = create_csm_model(model_path=str(checkpoint), settings=Settings())
+    assert isinstance(model, CSMModel) and model.device == "cuda:0" and model.fallback_reason is None
+    assert next(model.model.backbone_model.parameters()).dtype == torch.bfloat16
+    assert next(model.model.codec_model.parameters()).dtype == torch.float32
+    audio, rate = model.generate_speech(TEXT, max_audio_length_ms=800)
+    assert rate == SAMPLE_RATE and audio.dtype == np.float32 and np.isfinite(audio).all()
+    allocated = torch.cuda.memory_allocated()
+    model.cleanup()
+    assert torch.cuda.memory_allocated() < allocated
 
 
 def test_save_audio_and_cleanup(checkpoint: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
 
-__all__ = ["DEFAULT_MODEL_ID", "SAMPLES_PER_FRAME", "CSMModel", "GenerationStats", "frame_budget"]
+__all__ = ["DEFAULT_MODEL_ID", "SAMPLES_PER_FRAME", "CSMModel", "GenerationStats", "frame_budget", "undecodable_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ def frame_budget(text: str, max_audio_length_ms: float | None = None) -> int:
     if max_audio_length_ms is not None:
         seconds = min(seconds, max_audio_length_ms / 1000)
     return max(1, math.ceil(seconds * FRAMES_PER_SECOND))
+
+
+def undecodable_codes(config: Any) -> list[int]:
+    """Codebook ids the codec cannot decode (CSM's vocabulary has 3 more than Mimi's codebook); never sample them."""
+    return list(range(int(config.codec_config.codebook_size), int(config.vocab_size)))
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,26 @@ class CSMModel(SpeechModel):
                  model_id: str = DEFAULT_MODEL_ID, revision: str | None = None, dtype: str = "bfloat16") -> None:
         import torch
 
-        self.model_id = model_path or model_id
+        source = model_path or model_id
+        directory, commit = resolve_checkpoint(source, revision)
+        processor, model = load_checkpoint(directory, torch.float32)
+        self._adopt(processor, model, source, commit or revision, device, dtype)
+
+    @classmethod
+    def from_loaded(cls, processor: Any, model: Any, *, device: str | None = None, dtype: str = "bfloat16",
+                    model_id: str = "in-memory") -> CSMModel:
+        """Wrap a processor and CsmForConditionalGeneration already in memory (benchmarks, notebooks)."""
+        self = cls.__new__(cls)
+        self._adopt(processor, model.eval(), model_id, None, device, dtype)
+        return self
+
+    def _adopt(self, processor: Any, model: Any, model_id: str, revision: str | None, device: str | None,
+               dtype: str) -> None:
+        import torch
+
+        self.model_id, self.revision, self.dtype = model_id, revision, dtype
         self.device, self.fallback_reason = select_device(device)
-        self.dtype = dtype
-        directory, commit = resolve_checkpoint(self.model_id, revision)
-        self.revision = commit or revision
-        self.processor, self.model = load_checkpoint(directory, torch.float32)
+        self.processor, self.model = processor, model
         try:
             self.model.to(device=self.device, dtype=getattr(torch, dtype))
             self.model.codec_model.to(dtype=torch.float32)  # Mimi decodes garbage in bf16
@@ -89,7 +108,8 @@ class CSMModel(SpeechModel):
         if cap < 1:
             raise CSMModelError(f"the context and text take {prompt_tokens} of the model's {self.max_positions} "
                                 "positions; shorten the voice prompt or the chunk")
-        sampling = {"do_sample": True, "temperature": float(temperature), "top_k": int(top_k)}
+        sampling = {"do_sample": True, "temperature": float(temperature), "top_k": int(top_k),
+                    "suppress_tokens": undecodable_codes(self.model.config)}
         try:
             with torch.inference_mode():
                 audio = self.model.generate(**inputs, output_audio=True, max_new_tokens=cap, **sampling,
