@@ -72,6 +72,7 @@ def _configure(stack: Stack) -> None:
 def run_stack(args: argparse.Namespace) -> int:
     stack = Stack(Path(args.data_dir).resolve())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     try:
         _configure(stack)
         settings = Settings(redis_url=stack.env["ECHOFORGE_REDIS_URL"], storage_url=stack.env["ECHOFORGE_STORAGE_URL"])

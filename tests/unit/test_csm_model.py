@@ -147,3 +147,27 @@ def test_example_script_runs_with_and_without_weights(checkpoint: Path, tmp_path
                               capture_output=True, text=True, timeout=180, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert f"'kind': {kind}" in done.stdout and out.exists()
+
+
+@pytest.mark.parametrize(
+    ("cause", "kind", "says"),
+    [
+        ("GatedRepoError", CSMModelNotFoundError, "HF_TOKEN"),
+        ("RepositoryNotFoundError", CSMModelNotFoundError, "not found on the Hub"),
+        ("RevisionNotFoundError", CSMModelNotFoundError, "no such revision"),
+        ("LocalEntryNotFoundError", CSMModelNotFoundError, "local Hugging Face cache"),
+    ],
+)
+def test_hub_errors_become_not_found_with_the_fix(cause: str, kind: type, says: str) -> None:
+    from huggingface_hub import errors
+
+    from worker.models.loading import classify_error
+
+    try:
+        try:
+            raise getattr(errors, cause)("from the hub")
+        except Exception as inner:
+            raise OSError("transformers wrapped it") from inner
+    except OSError as outer:
+        error = classify_error(outer, "sesame/csm-1b")
+    assert isinstance(error, kind) and says in str(error)
