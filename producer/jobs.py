@@ -22,6 +22,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from producer.errors import InvalidRequestError
@@ -41,6 +42,7 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_SPEAKER_ID = 99
 MAX_TOP_K = 2048  # the size of one CSM audio codebook
 MAX_QUEUE_TTL_S = 7 * 24 * 3600
+MAX_VOICE_TEXT_CHARS = 1000
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
@@ -97,6 +99,10 @@ class NarrationRequest(BaseModel):
     idempotency_key: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     priority: StrictInt = Field(default=5, ge=0, le=9, description="0 lowest, 9 most urgent")
     queue_ttl_s: StrictInt | None = Field(default=None, ge=1, le=MAX_QUEUE_TTL_S)
+    voice_prompt_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                                  description="a reference recording stored by the client")
+    voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
+                                         description="what the reference recording says")
 
     @field_validator("text")
     @classmethod
@@ -107,6 +113,17 @@ class NarrationRequest(BaseModel):
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
         return text
+
+    @field_validator("voice_text")
+    @classmethod
+    def _normalize_voice_text(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_text(value)
+
+    @model_validator(mode="after")
+    def _voice_pair(self) -> NarrationRequest:
+        if (self.voice_prompt_sha256 is None) != (not self.voice_text):
+            raise ValueError("a voice prompt needs both the recording and its transcript (voice_text)")
+        return self
 
     @field_validator("temperature")
     @classmethod
@@ -207,10 +224,11 @@ class Job:
     def eta_s(self, now: float | None = None) -> float | None:
         """Seconds left, extrapolated from the chunks done so far."""
         done, total = self.progress.get("chunks_done", 0), self.progress.get("chunks_total", 0)
-        if self.state is not JobState.RUNNING or not self.started_at or not done or not total:
+        made_now = done - self.progress.get("chunks_resumed", 0)  # chunks this attempt generated
+        if self.state is not JobState.RUNNING or not self.started_at or made_now <= 0 or not total:
             return None
         elapsed = (now or time.time()) - self.started_at
-        return round(elapsed / done * (total - done), 1)
+        return round(elapsed / made_now * (total - done), 1)
 
     def to_public(self) -> dict[str, Any]:
         """What `status --json` prints: no request text, no secrets."""

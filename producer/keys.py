@@ -18,9 +18,13 @@ JOB_EVENTS_PREFIX = "echoforge:events:"
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
 PRIORITY_STEPS = (0, 3, 6, 9)
-# Storage object names below <prefix>/<job_id>/.
+# Storage object names below <prefix>/<job_id>/ (the narration is narration.<format>).
 NARRATION_OBJECT = "narration"
 MANIFEST_OBJECT = "manifest.json"
+CHUNK_OBJECT = "chunks/{index:05d}.wav"
+CAPTIONS_OBJECTS = {"srt": "captions.srt", "vtt": "captions.vtt"}
+# Voice prompts uploaded by clients: <prefix>/voices/<sha256>.wav (content-addressed, never user text).
+VOICES_FOLDER = "voices"
 
 
 def job_key(job_id: str) -> str:

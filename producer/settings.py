@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     use_placeholder: bool = False
     allow_placeholder: bool = True
     placeholder_rtf: float = Field(default=0.0, ge=0.0)
+    max_chunk_chars: int = Field(default=300, ge=40, le=400)
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None

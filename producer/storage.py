@@ -30,6 +30,12 @@ class Storage(Protocol):
 
     def download(self, key: str, destination: Path) -> None: ...
 
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes | None: ...
+
+    def delete(self, keys: list[str]) -> None: ...
+
 
 def _join(prefix: str, job_id: str, name: str) -> str:
     return "/".join(part for part in (prefix.strip("/"), job_id, name) if part)
@@ -65,6 +71,26 @@ class LocalStorage:
             shutil.copyfile(self.root / key, destination)
         except OSError as e:
             raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        with tempfile.NamedTemporaryFile(delete=False) as f:
+            f.write(data)
+        try:
+            self.put_file(key, Path(f.name), content_type)
+        finally:
+            os.unlink(f.name)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / key).unlink(missing_ok=True)
 
 
 class S3Storage:
@@ -107,6 +133,28 @@ class S3Storage:
             self.client.download_file(self.bucket, key, str(destination))
         except Exception as e:
             raise StorageError(f"download of {self.url_for(key)} failed: {_reason(e)}") from e
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except Exception as e:
+            raise StorageError(f"upload to {self.url_for(key)} failed: {_reason(e)}") from e
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except Exception as e:
+            raise StorageError(f"download of {self.url_for(key)} failed: {_reason(e)}") from e
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as e:
+                raise StorageError(f"delete in s3://{self.bucket} failed: {_reason(e)}") from e
 
 
 def _reason(error: Exception) -> str:

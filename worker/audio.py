@@ -1,15 +1,96 @@
-"""Audio encoding for delivery."""
+"""Audio for delivery: per-chunk QA, loudness, seams, and encoding (soundfile)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["CONTENT_TYPES", "encode", "file_sha256", "trim_trailing_silence"]
+__all__ = [
+    "CONTENT_TYPES",
+    "PARAGRAPH_PAUSE_S",
+    "SENTENCE_PAUSE_S",
+    "TARGET_LUFS",
+    "chunk_qa",
+    "decode_wav",
+    "encode",
+    "file_sha256",
+    "finish_chunk",
+    "trim_trailing_silence",
+    "wav_bytes",
+]
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+SENTENCE_PAUSE_S = 0.25  # between chunks of one paragraph
+PARAGRAPH_PAUSE_S = 0.7  # after a paragraph
+TARGET_LUFS = -20.0  # within audiobook norms (ACX asks for -18 to -23 dB RMS)
+PEAK_LIMIT = 10 ** (-1.0 / 20)  # -1 dBFS
+FADE_S = 0.01  # a 10 ms fade at each chunk edge: no clicks at the seams
+SILENCE_DB = -45.0
+# QA bounds: speech outside these is truncated, garbled or runaway.
+MAX_SILENCE_RATIO = 0.6
+MAX_CLIPPED_RATIO = 0.001
+MIN_CHARS_PER_SECOND, MAX_CHARS_PER_SECOND = 4.0, 40.0
+
+
+def _window_rms(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    window = max(1, int(sample_rate * 0.02))
+    usable = len(audio) - len(audio) % window
+    if usable == 0:
+        return np.zeros(0)
+    return np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, window), dtype=np.float64), axis=1))
+
+
+def trim_trailing_silence(audio: np.ndarray, sample_rate: int, threshold_db: float = SILENCE_DB,
+                          keep_ms: float = 120.0) -> np.ndarray:
+    """Cut a silent tail (20 ms windows below `threshold_db` dBFS RMS), keeping `keep_ms` of it."""
+    rms = _window_rms(audio, sample_rate)
+    if len(rms) == 0:
+        return audio
+    loud = np.nonzero(rms > 10 ** (threshold_db / 20))[0]
+    end = (int(loud[-1]) + 1) * int(sample_rate * 0.02) if len(loud) else 0
+    return audio[: min(len(audio), end + int(sample_rate * keep_ms / 1000))]
+
+
+def chunk_qa(audio: np.ndarray, sample_rate: int, chars: int, hit_frame_cap: bool = False) -> dict[str, Any]:
+    """Silence ratio, clipping and speaking rate of one chunk, and which bounds it breaks."""
+    rms = _window_rms(audio, sample_rate)
+    seconds = len(audio) / sample_rate
+    silence = float(np.mean(rms < 10 ** (SILENCE_DB / 20))) if len(rms) else 1.0
+    clipped = float(np.mean(np.abs(audio) >= 0.999)) if len(audio) else 0.0
+    rate = chars / seconds if seconds else float("inf")
+    problems = [name for name, bad in (
+        ("silent", silence > MAX_SILENCE_RATIO),
+        ("clipped", clipped > MAX_CLIPPED_RATIO),
+        ("too_fast", rate > MAX_CHARS_PER_SECOND),
+        ("too_slow", rate < MIN_CHARS_PER_SECOND and seconds > 2.0),
+        ("runaway", hit_frame_cap),
+    ) if bad]
+    return {"silence_ratio": round(silence, 3), "clipped_ratio": round(clipped, 5),
+            "chars_per_second": round(rate, 2), "problems": problems}
+
+
+def finish_chunk(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Loudness-normalized to TARGET_LUFS (peaks held under -1 dBFS), with short fades at both edges."""
+    import pyloudnorm
+
+    audio = np.asarray(audio, dtype=np.float64)
+    if len(audio) >= int(0.5 * sample_rate):
+        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(audio)
+        if np.isfinite(loudness):
+            audio = audio * 10 ** ((TARGET_LUFS - loudness) / 20)
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    if peak > PEAK_LIMIT:
+        audio = audio * (PEAK_LIMIT / peak)
+    fade = min(int(FADE_S * sample_rate), len(audio) // 2)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        audio[:fade] *= ramp
+        audio[-fade:] *= ramp[::-1]
+    return audio.astype(np.float32)
 
 
 def encode(audio: np.ndarray, sample_rate: int, path: Path, fmt: str) -> None:
@@ -19,22 +100,25 @@ def encode(audio: np.ndarray, sample_rate: int, path: Path, fmt: str) -> None:
     sf.write(path, np.asarray(audio, dtype=np.float32), sample_rate, format=fmt.upper(), subtype="PCM_16")
 
 
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Lossless-enough storage of one chunk: 32-bit float WAV, so stitching loses nothing."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    audio, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return audio, int(sample_rate)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def trim_trailing_silence(audio: np.ndarray, sample_rate: int, threshold_db: float = -45.0,
-                          keep_ms: float = 120.0) -> np.ndarray:
-    """Cut a silent tail (20 ms windows below `threshold_db` dBFS RMS), keeping `keep_ms` of it."""
-    window = max(1, int(sample_rate * 0.02))
-    usable = len(audio) - len(audio) % window
-    if usable == 0:
-        return audio
-    rms = np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, window), dtype=np.float64), axis=1))
-    loud = np.nonzero(rms > 10 ** (threshold_db / 20))[0]
-    end = (int(loud[-1]) + 1) * window if len(loud) else 0
-    return audio[: min(len(audio), end + int(sample_rate * keep_ms / 1000))]

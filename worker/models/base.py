@@ -41,11 +41,13 @@ class SpeechModel:
         top_k: int = 50,
         context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
+        seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Mono float32 audio for `text` and its sample rate (24 kHz)."""
+        """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable."""
         raise NotImplementedError
 
     fallback_reason: str | None = None
+    last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)
 
     def describe(self) -> dict[str, Any]:
         """What a job record says about the model that ran it."""

@@ -43,6 +43,7 @@ def undecodable_codes(config: Any) -> list[int]:
 @dataclass(frozen=True)
 class GenerationStats:
     prompt_tokens: int
+    context_audio_frames: int  # audio frames of the context segments the model was given
     frames: int  # frames generated before the end frame (or the cap)
     frame_cap: int
     trimmed_samples: int  # silent tail removed
@@ -98,6 +99,7 @@ class CSMModel(SpeechModel):
         top_k: int = 50,
         context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
+        seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
         """Speech for `text` in the voice of `speaker_id`, prompted by `context`: (float32 mono, 24000)."""
         import torch
@@ -108,6 +110,8 @@ class CSMModel(SpeechModel):
         if cap < 1:
             raise CSMModelError(f"the context and text take {prompt_tokens} of the model's {self.max_positions} "
                                 "positions; shorten the voice prompt or the chunk")
+        if seed is not None:
+            torch.manual_seed(seed)  # seeds CUDA too
         sampling = {"do_sample": True, "temperature": float(temperature), "top_k": int(top_k),
                     "suppress_tokens": undecodable_codes(self.model.config)}
         try:
@@ -118,8 +122,9 @@ class CSMModel(SpeechModel):
             raise CSMModelError(f"out of memory generating {len(text)} characters on {self.device}") from e
         waveform = audio[0].detach().float().cpu().numpy().astype(np.float32)
         trimmed = trim_trailing_silence(waveform, SAMPLE_RATE)
-        self.last_generation = GenerationStats(prompt_tokens, len(waveform) // SAMPLES_PER_FRAME, cap,
-                                               len(waveform) - len(trimmed))
+        context_frames = int((inputs["input_ids"] == self.processor.audio_token_id).sum())
+        self.last_generation = GenerationStats(prompt_tokens, context_frames, len(waveform) // SAMPLES_PER_FRAME,
+                                               cap, len(waveform) - len(trimmed))
         return trimmed, SAMPLE_RATE
 
     def _inputs(self, text: str, speaker_id: int, context: list[Segment]) -> Any:

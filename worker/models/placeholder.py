@@ -36,6 +36,7 @@ class PlaceholderCSMModel(SpeechModel):
         top_k: int = 50,
         context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
+        seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
         seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)
         if max_audio_length_ms is not None:

@@ -1,0 +1,65 @@
+"""The job manifest: what was asked, which model ran, and every finished chunk; written after each chunk."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from producer import keys
+from producer.jobs import NarrationRequest
+from producer.storage import LocalStorage, S3Storage
+
+__all__ = ["Manifest"]
+
+
+class Manifest:
+    """A JSON document at <prefix>/<job_id>/manifest.json; its `chunks` list holds the finished chunks by index."""
+
+    def __init__(self, storage: LocalStorage | S3Storage, job_id: str, data: dict[str, Any]) -> None:
+        self.storage, self.job_id = storage, job_id
+        self.chunks: dict[int, dict[str, Any]] = {entry["index"]: entry for entry in data.pop("chunks", [])}
+        self.data = data
+
+    @property
+    def key(self) -> str:
+        return self.storage.key_for(self.job_id, keys.MANIFEST_OBJECT)
+
+    def chunk_key(self, index: int) -> str:
+        return self.storage.key_for(self.job_id, keys.CHUNK_OBJECT.format(index=index))
+
+    @classmethod
+    def open(cls, storage: LocalStorage | S3Storage, job_id: str, request: NarrationRequest,
+             model: dict[str, Any], settings: dict[str, Any], chunks_total: int) -> Manifest:
+        """The stored manifest when it belongs to this text and model (a resumed job), else a fresh one."""
+        fresh = {"job_id": job_id, "text_sha256": request.text_sha256(), "text_chars": len(request.text),
+                 "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time()}
+        manifest = cls(storage, job_id, fresh)
+        raw = storage.get_bytes(manifest.key)
+        if raw:
+            stored = json.loads(raw)
+            same_model = all(stored["model"].get(k) == model.get(k) for k in ("kind", "id"))
+            if stored["text_sha256"] == fresh["text_sha256"] and stored["chunks_total"] == chunks_total and same_model:
+                manifest = cls(storage, job_id, {**stored, "model": model})
+        return manifest
+
+    def done(self, index: int) -> bool:
+        return index in self.chunks
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.chunks[entry["index"]] = entry
+        self.save()
+
+    def save(self) -> None:
+        body = json.dumps({**self.data, "chunks": self.ordered()}, indent=1, sort_keys=True).encode()
+        self.storage.put_bytes(self.key, body, "application/json")
+
+    def ordered(self) -> list[dict[str, Any]]:
+        return [self.chunks[i] for i in sorted(self.chunks)]
+
+    def audio_seconds(self) -> float:
+        return round(sum(entry["duration_s"] for entry in self.chunks.values()), 3)
+
+    def discard(self) -> None:
+        """Delete every chunk object and the manifest itself (a canceled job leaves nothing partial)."""
+        self.storage.delete([self.chunk_key(i) for i in self.chunks] + [self.key])

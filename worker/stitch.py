@@ -1,0 +1,73 @@
+"""Stitch stored chunks into one narration, streamed to disk one chunk at a time, then deliver it with captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from producer import keys
+from worker.audio import (
+    CONTENT_TYPES,
+    PARAGRAPH_PAUSE_S,
+    SENTENCE_PAUSE_S,
+    decode_wav,
+    file_sha256,
+    finish_chunk,
+)
+from worker.captions import build_cues, to_srt, to_vtt
+from worker.manifest import Manifest
+
+__all__ = ["deliver", "stitch"]
+
+
+def _chunk_audio(manifest: Manifest, spool: Path, index: int) -> tuple[np.ndarray, int]:
+    local = spool / keys.CHUNK_OBJECT.format(index=index)
+    data = local.read_bytes() if local.exists() else manifest.storage.get_bytes(manifest.chunk_key(index))
+    if data is None:
+        raise FileNotFoundError(f"job {manifest.job_id}: chunk {index} is missing from storage")
+    return decode_wav(data)
+
+
+def stitch(manifest: Manifest, spool: Path, target: Path, fmt: str) -> float:
+    """Write every chunk, loudness-normalized with faded edges, pauses between; sets start/end per chunk."""
+    import soundfile as sf
+
+    position = 0
+    entries = manifest.ordered()
+    sample_rate = _chunk_audio(manifest, spool, 0)[1]
+    with sf.SoundFile(target, "w", samplerate=sample_rate, channels=1, format=fmt.upper(), subtype="PCM_16") as out:
+        for i, entry in enumerate(entries):
+            audio, _ = _chunk_audio(manifest, spool, entry["index"])
+            out.write(finish_chunk(audio, sample_rate))
+            entry["start_s"], entry["end_s"] = position / sample_rate, (position + len(audio)) / sample_rate
+            position += len(audio)
+            if i < len(entries) - 1:
+                pause = int((PARAGRAPH_PAUSE_S if entry["paragraph_end"] else SENTENCE_PAUSE_S) * sample_rate)
+                out.write(np.zeros(pause, dtype=np.float32))
+                position += pause
+    manifest.data.update(duration_s=position / sample_rate, sample_rate=sample_rate,
+                         pauses_s={"sentence": SENTENCE_PAUSE_S, "paragraph": PARAGRAPH_PAUSE_S})
+    return position / sample_rate
+
+
+def deliver(manifest: Manifest, narration: Path, fmt: str) -> dict[str, Any]:
+    """Upload the narration (multipart when large), captions and the final manifest; return the job result."""
+    storage, job_id = manifest.storage, manifest.job_id
+    key = storage.key_for(job_id, f"{keys.NARRATION_OBJECT}.{fmt}")
+    sha256, size = file_sha256(narration), narration.stat().st_size
+    storage.put_file(key, narration, CONTENT_TYPES[fmt])
+    cues = build_cues([(e["display"], e["start_s"], e["end_s"]) for e in manifest.ordered()])
+    captions = {}
+    for kind, render in (("srt", to_srt), ("vtt", to_vtt)):
+        captions[kind] = storage.key_for(job_id, keys.CAPTIONS_OBJECTS[kind])
+        content_type = "text/vtt" if kind == "vtt" else "application/x-subrip"
+        storage.put_bytes(captions[kind], render(cues).encode(), content_type)
+    manifest.data.update(narration={"key": key, "sha256": sha256, "bytes": size}, captions=captions)
+    manifest.save()
+    flagged = [e["index"] for e in manifest.ordered() if e["flagged"]]
+    return {"url": storage.url_for(key), "bucket": storage.bucket, "key": key, "format": fmt,
+            "duration_s": round(manifest.data["duration_s"], 3), "sample_rate": manifest.data["sample_rate"],
+            "bytes": size, "sha256": sha256, "chunks": len(manifest.chunks), "flagged_chunks": flagged,
+            "manifest_key": manifest.key, "captions": captions}

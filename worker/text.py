@@ -1,0 +1,154 @@
+"""Text for CSM: spell out what it mispronounces or hangs on, and split into sentence-aware chunks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from num2words import num2words
+
+__all__ = ["Chunk", "chunk_text", "estimate_tokens", "positions_needed", "speakable", "split_sentences"]
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+ABBREVIATIONS = {
+    "Dr.": "Doctor", "Mr.": "Mister", "Mrs.": "Missus", "Ms.": "Miz", "Prof.": "Professor", "St.": "Saint",
+    "Jr.": "Junior", "Sr.": "Senior", "vs.": "versus", "etc.": "et cetera", "e.g.": "for example",
+    "i.e.": "that is", "approx.": "approximately", "Mt.": "Mount", "Ave.": "Avenue", "Gen.": "General",
+    "Capt.": "Captain", "Lt.": "Lieutenant", "Sgt.": "Sergeant", "Co.": "Company", "Inc.": "Incorporated",
+    **{f"{m[:3]}.": m for m in MONTHS if len(m) > 4}, "Sept.": "September",
+}
+SYMBOLS = {"&": " and ", "@": " at ", "+": " plus ", "=": " equals ", "°": " degrees", "§": " section ",
+           "—": ", ", "\u2013": " to ", "…": "...", "*": " ", "_": " ", "~": " about ", "|": ", "}
+CURRENCIES = {"$": "USD", "£": "GBP", "€": "EUR"}
+
+
+def _number(match: re.Match[str]) -> str:
+    raw = match.group(0).replace(",", "")
+    if re.fullmatch(r"1[1-9]\d\d|20\d\d", raw):  # read four-digit numbers in this range as years
+        return str(num2words(int(raw), to="year"))
+    return str(num2words(float(raw) if "." in raw else int(raw)))
+
+
+def _time(match: re.Match[str]) -> str:
+    hour, minute, meridiem = int(match.group(1)), int(match.group(2)), (match.group(3) or "")
+    words = str(num2words(hour))
+    if minute == 0:
+        words += "" if meridiem else " o'clock"
+    else:
+        words += (" oh " if minute < 10 else " ") + str(num2words(minute))
+    suffix = meridiem.lower().replace(".", "")
+    return words + (f" {suffix[0].upper()} M" if suffix else "")
+
+
+def _iso_date(match: re.Match[str]) -> str:
+    year, month, day = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return match.group(0)
+    return f"{MONTHS[month - 1]} {num2words(day, to='ordinal')}, {num2words(year, to='year')}"
+
+
+def _currency(match: re.Match[str]) -> str:
+    amount = float(match.group(2).replace(",", ""))
+    words = str(num2words(amount, to="currency", currency=CURRENCIES[match.group(1)]))
+    return words.replace(", zero cents", "").replace(", zero pence", "").replace(", zero cent", "")
+
+
+RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"\s*[(\[{]\s*([^)\]}]*?)\s*[)\]}]"), r", \1,"),  # brackets are spoken as an aside
+    (re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b"), _iso_date),
+    (re.compile(r"\b(\d{1,2}):(\d{2})(?:\s*([ap]m)\b)?", re.IGNORECASE), _time),
+    (re.compile(r"\b(\d{1,2})\s*([ap])m\b", re.IGNORECASE), lambda m: f"{m.group(1)} {m.group(2).upper()} M"),
+    (re.compile(r"([$£€])\s?(\d[\d,]*(?:\.\d+)?)"), _currency),
+    (re.compile(r"(\d+(?:\.\d+)?)\s?%"), r"\1 percent"),
+    (re.compile(r"#\s?(?=\d)"), "number "),
+    (re.compile(r"\b(\d+)(st|nd|rd|th)\b"), lambda m: str(num2words(int(m.group(1)), to="ordinal"))),
+    (re.compile(r"(?<![\d.])-(?=\d)"), "minus "),
+    (re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"), _number),
+    (re.compile(r"\band/or\b"), "and or"),
+    (re.compile(r"\s*,(\s*,)+"), ","),
+    (re.compile(r"^\s*,\s*|(?<=[.!?;:])\s*,"), ""),
+    (re.compile(r"\s+([,.!?;:])"), r"\1"),
+    (re.compile(r"[ \t]{2,}"), " "),
+]
+
+
+def speakable(text: str) -> str:
+    """The sentence as CSM should read it: numbers, times, dates, money, symbols and abbreviations spelled out."""
+    for abbreviation, spoken in ABBREVIATIONS.items():
+        text = re.sub(rf"(?<!\w){re.escape(abbreviation)}", spoken, text)
+    text = re.sub(r"\b([aApP])\.[mM]\.(?=\s+[A-Z]|\s*$)", r"\1m.", text)  # keeps the full stop
+    text = re.sub(r"\b([aApP])\.[mM]\.", r"\1m", text)
+    text = re.sub(r"\bNo\.\s?(?=\d)", "number ", text)
+    for symbol, spoken in SYMBOLS.items():
+        text = text.replace(symbol, spoken)
+    for pattern, replacement in RULES:
+        text = pattern.sub(replacement, text)
+    return text.strip()
+
+
+@lru_cache(maxsize=1)
+def _segmenter() -> object:
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    return [s.strip() for s in _segmenter().segment(paragraph) if s.strip()]  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    text: str  # what the model reads
+    display: str  # the original words, for captions
+    paragraph_end: bool  # a longer pause follows
+
+
+def _pieces(sentence: str, max_chars: int) -> list[str]:
+    """A sentence too long for one chunk, split at clause marks, then between words."""
+    if len(speakable(sentence)) <= max_chars:
+        return [sentence]
+    parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p]
+    if len(parts) == 1:
+        words = sentence.split()
+        half = max(1, len(words) // 2)
+        parts = [" ".join(words[:half]), " ".join(words[half:])]
+        if not parts[1]:
+            return [sentence[: max_chars // 2], sentence[max_chars // 2:]]
+    return [piece for part in parts for piece in _pieces(part, max_chars)]
+
+
+def chunk_text(text: str, max_chars: int = 300) -> list[Chunk]:
+    """Sentence-aware chunks of at most `max_chars` speakable characters; chunks never cross a paragraph."""
+    chunks: list[Chunk] = []
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        if not paragraph:
+            continue
+        pieces = [piece for s in split_sentences(paragraph.replace("\n", " ")) for piece in _pieces(s, max_chars)]
+        spoken: list[str] = []
+        shown: list[str] = []
+        for piece in pieces:
+            said = speakable(piece)
+            if spoken and len(" ".join([*spoken, said])) > max_chars:
+                chunks.append(Chunk(len(chunks), " ".join(spoken), " ".join(shown), False))
+                spoken, shown = [], []
+            spoken.append(said)
+            shown.append(piece)
+        if spoken:
+            chunks.append(Chunk(len(chunks), " ".join(spoken), " ".join(shown), True))
+    return chunks
+
+
+def estimate_tokens(text: str) -> int:
+    """A generous upper bound on text tokens (Llama-3 BPE averages about 4 characters a token)."""
+    return len(text) // 2 + 8
+
+
+def positions_needed(chunk_text: str, chunk_frames: int, anchor_text: str = "", anchor_frames: int = 0) -> int:
+    """Positions one generation uses: the anchor's text and audio frames, the chunk's text, the frames generated."""
+    anchor = estimate_tokens(anchor_text) + anchor_frames if anchor_frames else 0
+    return anchor + estimate_tokens(chunk_text) + chunk_frames
