@@ -29,7 +29,7 @@ def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
     text = args.text if args.text is not None else _read_text(args.file)
     fields = {"text": text, "speaker_id": args.speaker, "temperature": args.temperature, "top_k": args.top_k,
               "output_format": args.format, "priority": args.priority,
-              "idempotency_key": args.idempotency_key, "queue_ttl_s": args.queue_ttl}
+              "idempotency_key": args.idempotency_key, "queue_ttl_s": args.queue_ttl, "voice_text": args.voice_text}
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -84,12 +84,14 @@ def _run(args: argparse.Namespace) -> int:
         from producer.stack import run_stack
 
         return run_stack(args)
-    request = NarrationRequest.parse(_request_fields(args)) if args.command == "submit" else None
+    fields = _request_fields(args) if args.command == "submit" else None
+    if fields is not None and args.voice_prompt is None:
+        NarrationRequest.parse(fields)  # refuse bad input before connecting anywhere
     from producer.client import NarrationClient
 
     client = NarrationClient()
-    if request is not None:
-        job = client.submit(request)
+    if fields is not None:
+        job = client.submit(fields, voice_prompt=args.voice_prompt)
         if not args.wait:
             _print_job(job, args.json)
             return EXIT_OK

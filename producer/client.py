@@ -18,6 +18,7 @@ from producer.jobs import Job, JobState, NarrationRequest
 from producer.settings import Settings, redact_url
 from producer.storage import open_storage
 from producer.store import JobStore
+from producer.voice import upload_voice_prompt
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -43,8 +44,17 @@ class NarrationClient:
         app.conf.update(celery_config(self.settings))
         return app
 
-    def submit(self, request: NarrationRequest | dict[str, Any]) -> Job:
-        """Validate, record and enqueue. A reused idempotency key returns the job it created first."""
+    def submit(self, request: NarrationRequest | dict[str, Any], voice_prompt: str | Path | None = None) -> Job:
+        """Validate, record and enqueue. A reused idempotency key returns the job it created first.
+
+        `voice_prompt` is a recording (0.5-20 s) of the voice to narrate in; the request's `voice_text` says
+        what it says. It is stored before the job is recorded, so a bad file enqueues nothing.
+        """
+        if voice_prompt is not None:
+            fields = request.model_dump() if isinstance(request, NarrationRequest) else dict(request)
+            NarrationRequest.parse({**fields, "voice_prompt_sha256": "0" * 64})  # refuse bad fields before uploading
+            fields["voice_prompt_sha256"] = upload_voice_prompt(voice_prompt, open_storage(self.settings))
+            request = fields
         if not isinstance(request, NarrationRequest):
             request = NarrationRequest.parse(request)
         job, created = self.store.create(request, self.settings.queue)

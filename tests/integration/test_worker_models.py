@@ -38,3 +38,35 @@ def test_fallback_to_the_placeholder_is_recorded_in_the_job(
     assert job.state is JobState.SUCCEEDED
     assert job.model["kind"] == "placeholder"
     assert "no-weights-here" in job.model["fallback_reason"]
+
+
+def test_a_multi_chunk_csm_job_gives_the_anchor_to_every_later_chunk(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], checkpoint: Path
+) -> None:
+    import io
+    import json
+
+    import boto3
+    import soundfile as sf
+
+    start_worker(settings, extra_env={"ECHOFORGE_MODEL_PATH": str(checkpoint), "ECHOFORGE_DEVICE": "cpu",
+                                      "ECHOFORGE_MAX_CHUNK_CHARS": "40"})
+    text = "The keeper counted waves. Forty came at dawn. Each one sang to him."
+    job = client.wait(client.submit({"text": text, "speaker_id": 0}).id, timeout=300)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result is not None and job.model["kind"] == "csm"
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    bucket = settings.storage_url[5:].split("/")[0]
+
+    def read(key: str) -> bytes:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+    manifest = json.loads(read(job.result["manifest_key"]))
+    first, *later = manifest["chunks"]
+    assert len(later) >= 2
+    assert first["context"] is None and first["context_audio_frames"] == 0
+    anchor_frames = -(-first["samples"] // 1920)  # what the processor encodes from the first chunk's audio
+    for chunk in later:  # what the model was given, counted from its own input ids
+        assert chunk["context"] == "anchor" and chunk["context_audio_frames"] == anchor_frames
+    info = sf.info(io.BytesIO(read(job.result["key"])))
+    assert info.samplerate == 24_000 and abs(info.duration - job.result["duration_s"]) < 0.002

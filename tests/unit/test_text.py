@@ -1,0 +1,66 @@
+"""Speakable text and sentence-aware chunking."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from worker.text import chunk_text, positions_needed, speakable
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("Dr. Smith came at 3:45 p.m. on Jan. 5th, 2024.",
+         "Doctor Smith came at three forty-five P M on January fifth, twenty twenty-four."),
+        ("It cost $12.50 (plus tax) & 15% more.",
+         "It cost twelve dollars, fifty cents, plus tax, and fifteen percent more."),
+        ("On 2024-05-01 at 10:00, No. 7 won 30,000 votes.",
+         "On May first, twenty twenty-four at ten o'clock, number seven won thirty thousand votes."),
+        ("It was -5° at 7:05 am.", "It was minus five degrees at seven oh five A M."),
+        ("In 1999, pi was 3.14; 1,500 came.",
+         "In nineteen ninety-nine, pi was three point one four; fifteen hundred came."),
+        ("We met at 9 p.m. Then we left.", "We met at nine P M. Then we left."),
+        ("Room #12, i.e. the 21st one.", "Room number twelve, that is the twenty-first one."),
+    ],
+)
+def test_speakable_spells_out_what_csm_mispronounces(written: str, spoken: str) -> None:
+    assert speakable(written) == spoken
+
+
+def test_no_digits_or_brackets_survive() -> None:
+    text = "Born 1887 (in Vienna), moved 2,300 km [approx.] by 1912; paid £40 & 3 pence on 1921-07-14."
+    assert not re.search(r"[\d()\[\]&£]", speakable(text))
+
+
+TEXT = (
+    "The first paragraph has a short sentence. Then a second sentence follows it, and it is a little longer. "
+    "A third!\n\nThe second paragraph starts here. It is brief.\n\n"
+    + "An extremely long sentence that rambles on, clause after clause, with commas; semicolons: and colons, "
+    * 6
+)
+
+
+def test_chunks_respect_the_size_and_never_cross_a_paragraph() -> None:
+    chunks = chunk_text(TEXT, max_chars=80)
+    assert all(len(c.text) <= 80 for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    paragraphs = [p for p in TEXT.split("\n\n")]
+    rebuilt, current = [], []
+    for chunk in chunks:
+        current.append(chunk.display)
+        if chunk.paragraph_end:
+            rebuilt.append(" ".join(current))
+            current = []
+    assert [re.sub(r"\s+", "", p) for p in rebuilt] == [re.sub(r"\s+", "", p) for p in paragraphs]
+
+
+def test_sentences_are_kept_whole_when_they_fit() -> None:
+    chunks = chunk_text("One two three. Four five six. Seven eight nine.", max_chars=30)
+    assert [c.text for c in chunks] == ["One two three. Four five six.", "Seven eight nine."]
+
+
+def test_positions_include_anchor_text_audio_and_chunk() -> None:
+    assert positions_needed("abcd", 100) == 110
+    assert positions_needed("abcd", 100, anchor_text="abcd", anchor_frames=50) == 170
