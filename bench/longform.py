@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-import boto3
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from producer import processes
 from producer.client import NarrationClient
 from producer.jobs import JobState
 from producer.settings import Settings
@@ -66,12 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rtf", type=float, default=0.0, help="placeholder wall seconds per audio second")
     args = parser.parse_args()
-    services.use_test_environment()
-    with tempfile.TemporaryDirectory(prefix="echoforge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_proc, redis_url = services.start_redis(tmp)
-        s3_proc, s3_url = services.start_s3(tmp)
-        boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket="bench")
+    with services.bench_services() as (tmp, redis_url, s3_url):
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,
                             use_placeholder=True, placeholder_rtf=args.rtf)
         worker = services.start_worker(settings, tmp, name="longform")
@@ -79,8 +71,6 @@ def main() -> None:
             run(NarrationClient(settings), psutil.Process(worker.process.pid).children()[0])
         finally:
             worker.stop()
-            processes.stop(redis_proc, 5)
-            processes.stop(s3_proc, 5)
 
 
 def run(client: NarrationClient, pool: psutil.Process) -> None:

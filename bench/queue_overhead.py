@@ -1,7 +1,8 @@
 """What the queue adds to a short placeholder job, and how many short jobs per second 1 and 2 workers finish.
 
-Baseline (same run, same services): the job's work done in-process — placeholder synthesis, WAV encode, sha256,
-upload to the same storage. End to end: NarrationClient.submit -> real celery worker -> NarrationClient.wait.
+Baseline (same run, same services): the job's work done in-process by the worker's own pipeline.narrate —
+placeholder synthesis, chunk and manifest to storage, stitch, upload, captions.
+End to end: NarrationClient.submit -> real celery worker -> NarrationClient.wait.
 Overhead = p50(end to end) - p50(baseline). Targets: overhead <= 5 ms p50, >= 100 short jobs/s.
 
     ./dev bench queue_overhead [--jobs 200] [--burst 400] [--storage s3|file]
@@ -12,24 +13,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from producer import processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
+from producer.jobs import JobState, NarrationRequest
 from producer.settings import Settings
 from producer.storage import open_storage
 from tests import services
-from worker.audio import encode, file_sha256
 from worker.models import PlaceholderCSMModel
+from worker.pipeline import narrate
 
 TEXT = "A short line, read aloud."
 
@@ -49,15 +46,13 @@ def timed(n: int, one: Callable[[int], None]) -> list[float]:
     return out
 
 
-def in_process(settings: Settings, tmp: Path) -> Callable[[int], None]:
-    model, storage = PlaceholderCSMModel(), open_storage(settings)
+def in_process(settings: Settings) -> Callable[[int], None]:
+    """The worker's own pipeline.narrate, called directly: synthesis, chunk + manifest, stitch, upload, captions."""
+    model, storage, request = PlaceholderCSMModel(), open_storage(settings), NarrationRequest.parse({"text": TEXT})
 
     def one(i: int) -> None:
-        audio, rate = model.generate_speech(TEXT)
-        path = tmp / "narration.wav"
-        encode(audio, rate, path, "wav")
-        file_sha256(path)
-        storage.put_file(storage.key_for(uuid.uuid4().hex, "narration.wav"), path, "audio/wav")
+        assert narrate(uuid.uuid4().hex, request, model, storage, settings.max_chunk_chars, model.describe(),
+                       lambda progress: True) is not None
 
     return one
 
@@ -92,27 +87,17 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=400, help="jobs submitted at once for jobs/s")
     parser.add_argument("--storage", choices=["s3", "file"], default="s3")
     args = parser.parse_args()
-    services.use_test_environment()
-
-    with tempfile.TemporaryDirectory(prefix="echoforge-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_proc, redis_url = services.start_redis(tmp)
-        s3_proc, s3_url = services.start_s3(tmp)
-        try:
-            if args.storage == "s3":
-                boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket="bench")
-                settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url)
-            else:
-                settings = Settings(redis_url=redis_url, storage_url=(tmp / "outputs").as_uri())
-            run(settings, tmp, args)
-        finally:
-            processes.stop(redis_proc, 5)
-            processes.stop(s3_proc, 5)
+    with services.bench_services() as (tmp, redis_url, s3_url):
+        if args.storage == "s3":
+            settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url)
+        else:
+            settings = Settings(redis_url=redis_url, storage_url=(tmp / "outputs").as_uri())
+        run(settings, tmp, args)
 
 
 def run(settings: Settings, tmp: Path, args: argparse.Namespace) -> None:
     print(f"storage: {args.storage}; short job = {len(TEXT)} chars -> placeholder WAV; {args.jobs} sequential jobs")
-    base = timed(args.jobs, in_process(settings, tmp))
+    base = timed(args.jobs, in_process(settings))
     client = NarrationClient(settings)
     workers = [services.start_worker(settings, tmp, name="bench1")]
     try:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +48,24 @@ def start_s3(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = processes.start(args, log_dir / "moto.log")
     processes.wait_for_port(port, 30, proc)
     return proc, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def bench_services(prefix: str = "echoforge-bench-") -> Iterator[tuple[Path, str, str]]:
+    """(scratch dir, redis URL, S3 endpoint with a bucket named "bench") for a benchmark; all stopped after."""
+    import boto3
+
+    use_test_environment()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
+        tmp = Path(tmp_name)
+        redis_proc, redis_url = start_redis(tmp)
+        s3_proc, s3_url = start_s3(tmp)
+        try:
+            boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket="bench")
+            yield tmp, redis_url, s3_url
+        finally:
+            processes.stop(redis_proc, 5)
+            processes.stop(s3_proc, 5)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -4,90 +4,105 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from producer import keys
 from producer.errors import StorageError
 from producer.jobs import Job, JobState, NarrationRequest
+from producer.storage import LocalStorage, S3Storage
 from worker.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
 from worker.manifest import Manifest
-from worker.models import CSMModelLoadError
+from worker.models import CSMModelLoadError, SpeechModel
 from worker.runtime import Runtime
 from worker.stitch import deliver, stitch
 from worker.synthesis import ChunkSynthesizer
 from worker.text import chunk_text
 
-__all__ = ["run"]
+__all__ = ["narrate", "run"]
 
 log = logging.getLogger(__name__)
 
+# Called after every chunk and before stitching with the progress fields; False stops the job.
+ProgressHook = Callable[[dict[str, Any]], bool]
+
 
 def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
-    """Run one job to a terminal state; returns that state, or None when the job was not runnable."""
+    """Run one job to a terminal state; returns that state, or None when the job was not (or no longer) runnable."""
     job = rt.store.start(job_id, worker=worker, model=rt.model_info, phase="planning")
     if job is None:
         log.info("job %s: not started (already %s)", job_id, rt.store.get(job_id).state.value)
         return None
     if rt.model is None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
+    latest: list[Job | None] = [job]
+
+    def report(progress: dict[str, Any]) -> bool:
+        latest[0] = rt.store.progress(job_id, **progress)
+        return latest[0] is not None and not latest[0].cancel_requested
+
     request = job.narration_request()
-    plan = chunk_text(request.text, rt.settings.max_chunk_chars)
-    manifest = Manifest.open(rt.storage, job_id, request, rt.model_info, _settings(request, rt), len(plan))
-    log.info("job %s: attempt %d on %s, %d chars in %d chunks, %d already stored", job_id, job.attempts, worker,
-             len(request.text), len(plan), len(manifest.chunks))
-    with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
-        spool = Path(tmp)
-        synthesizer = ChunkSynthesizer(rt.model, request, manifest, spool)
-        if request.voice_prompt_sha256:
-            synthesizer.load_voice_prompt(*_voice_prompt(rt, request))
-        resumed = len(manifest.chunks)
-        for chunk in plan:
-            if not manifest.done(chunk.index):
-                synthesizer.synthesize(chunk)
-            if chunk.index == 0:
-                synthesizer.adopt_first_chunk(chunk)
-            job = _progress(rt, job_id, manifest, resumed, "synthesizing")
-            if job is None:
-                return None
-            if job.cancel_requested:
-                manifest.discard()
-                rt.store.finish_canceled(job_id)
-                log.info("job %s: canceled after %d of %d chunks; its chunks were deleted", job_id,
-                         len(manifest.chunks), len(plan))
-                return JobState.CANCELED
-        _progress(rt, job_id, manifest, resumed, "stitching")
-        narration = spool / f"narration.{request.output_format}"
-        stitch(manifest, spool, narration, request.output_format)
-        result = deliver(manifest, narration, request.output_format)
-    rt.store.succeed(job_id, result, request, **_progress_fields(manifest, resumed, "done"))
+    log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
+    done = narrate(job_id, request, rt.model, rt.storage, rt.settings.max_chunk_chars, rt.model_info, report)
+    if done is None:
+        if latest[0] is None:
+            log.info("job %s: ended elsewhere while running; stopped", job_id)
+            return None
+        rt.store.finish_canceled(job_id)
+        log.info("job %s: canceled; its chunks were deleted", job_id)
+        return JobState.CANCELED
+    result, progress = done
+    rt.store.succeed(job_id, result, request, **progress)
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])
     return JobState.SUCCEEDED
 
 
-def _progress_fields(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:
+def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: LocalStorage | S3Storage,
+            max_chunk_chars: int, model_info: dict[str, Any],
+            on_progress: ProgressHook) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The job's work, queue-free: (result, final progress), or None when `on_progress` said stop.
+
+    Chunks already in the stored manifest are skipped; a stopped job's chunks and manifest are deleted.
+    """
+    plan = chunk_text(request.text, max_chunk_chars)
+    manifest = Manifest.open(storage, job_id, request, model_info, _settings(request, max_chunk_chars), len(plan))
+    resumed = len(manifest.chunks)
+    log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
+    with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
+        spool = Path(tmp)
+        synthesizer = ChunkSynthesizer(model, request, manifest, spool)
+        if request.voice_prompt_sha256:
+            synthesizer.load_voice_prompt(*_voice_prompt(storage, request.voice_prompt_sha256))
+        for chunk in plan:
+            if not manifest.done(chunk.index):
+                synthesizer.synthesize(chunk)
+            if chunk.index == 0:
+                synthesizer.adopt_first_chunk(chunk)
+            if not on_progress(_progress(manifest, resumed, "synthesizing")):
+                manifest.discard()
+                return None
+        on_progress(_progress(manifest, resumed, "stitching"))
+        narration = spool / f"narration.{request.output_format}"
+        stitch(manifest, spool, narration, request.output_format)
+        return deliver(manifest, narration, request.output_format), _progress(manifest, resumed, "done")
+
+
+def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:
     return {"chunks_done": len(manifest.chunks), "chunks_total": manifest.data["chunks_total"],
             "chunks_resumed": resumed, "audio_s": manifest.audio_seconds(), "phase": phase}
 
 
-def _progress(rt: Runtime, job_id: str, manifest: Manifest, resumed: int, phase: str) -> Job | None:
-    """Record progress; the returned record says whether a cancel was asked for (None: the job ended elsewhere)."""
-    job = rt.store.progress(job_id, **_progress_fields(manifest, resumed, phase))
-    if job is None:
-        log.info("job %s: ended elsewhere while running; stopping", job_id)
-    return job
-
-
-def _settings(request: NarrationRequest, rt: Runtime) -> dict[str, Any]:
+def _settings(request: NarrationRequest, max_chunk_chars: int) -> dict[str, Any]:
     return {"speaker_id": request.speaker_id, "temperature": request.temperature, "top_k": request.top_k,
-            "output_format": request.output_format, "max_chunk_chars": rt.settings.max_chunk_chars,
+            "output_format": request.output_format, "max_chunk_chars": max_chunk_chars,
             "sentence_pause_s": SENTENCE_PAUSE_S, "paragraph_pause_s": PARAGRAPH_PAUSE_S, "target_lufs": TARGET_LUFS}
 
 
-def _voice_prompt(rt: Runtime, request: NarrationRequest) -> tuple[Any, int]:
-    key = rt.storage.key_for(keys.VOICES_FOLDER, f"{request.voice_prompt_sha256}.wav")
-    data = rt.storage.get_bytes(key)
+def _voice_prompt(storage: LocalStorage | S3Storage, sha256: str) -> tuple[Any, int]:
+    key = storage.key_for(keys.VOICES_FOLDER, f"{sha256}.wav")
+    data = storage.get_bytes(key)
     if data is None:
-        raise StorageError(f"the voice prompt {rt.storage.url_for(key)} is missing")
+        raise StorageError(f"the voice prompt {storage.url_for(key)} is missing")
     return decode_wav(data)
