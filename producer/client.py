@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -35,6 +36,7 @@ class NarrationClient:
         self.settings = settings or Settings()
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.store = JobStore(self.redis, self.settings.finished_job_ttl_s)
+        self._local = threading.local()
 
     @cached_property
     def _celery(self) -> Celery:
@@ -91,8 +93,9 @@ class NarrationClient:
         notification is missed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.job_events_channel(job_id))
+        pubsub = self._pubsub()
+        channel = keys.job_events_channel(job_id)
+        pubsub.subscribe(channel)
         try:
             while True:
                 job = self.get(job_id)
@@ -105,7 +108,14 @@ class NarrationClient:
                     return job
                 pubsub.get_message(timeout=left)
         finally:
-            pubsub.close()
+            pubsub.unsubscribe(channel)
+
+    def _pubsub(self) -> redis.client.PubSub:
+        """One pub/sub connection per thread, kept between waits (a new one per wait costs a TCP handshake)."""
+        pubsub: redis.client.PubSub | None = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._local.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        return pubsub
 
     def cancel(self, job_id: str) -> Job:
         return self.store.cancel(job_id)
@@ -123,4 +133,7 @@ class NarrationClient:
         return target
 
     def close(self) -> None:
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is not None:
+            pubsub.close()
         self.redis.close()

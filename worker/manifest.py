@@ -46,9 +46,15 @@ class Manifest:
     def done(self, index: int) -> bool:
         return index in self.chunks
 
+    @property
+    def persist_chunks(self) -> bool:
+        """Chunks are stored as they finish only when there is something to resume: more than one chunk."""
+        return int(self.data["chunks_total"]) > 1
+
     def record(self, entry: dict[str, Any]) -> None:
         self.chunks[entry["index"]] = entry
-        self.save()
+        if self.persist_chunks:
+            self.save()
 
     def save(self) -> None:
         body = json.dumps({**self.data, "chunks": self.ordered()}, indent=1, sort_keys=True).encode()

@@ -24,7 +24,7 @@ __all__ = ["narrate", "run"]
 
 log = logging.getLogger(__name__)
 
-# Called after every chunk and before stitching with the progress fields; False stops the job.
+# Called after every chunk with the progress fields; False stops the job.
 ProgressHook = Callable[[dict[str, Any]], bool]
 
 
@@ -80,10 +80,10 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
                 synthesizer.synthesize(chunk)
             if chunk.index == 0:
                 synthesizer.adopt_first_chunk(chunk)
-            if not on_progress(_progress(manifest, resumed, "synthesizing")):
+            phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
+            if not on_progress(_progress(manifest, resumed, phase)):
                 manifest.discard()
                 return None
-        on_progress(_progress(manifest, resumed, "stitching"))
         narration = spool / f"narration.{request.output_format}"
         stitch(manifest, spool, narration, request.output_format)
         return deliver(manifest, narration, request.output_format), _progress(manifest, resumed, "done")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -16,3 +17,5 @@ def _load_model_in_child(**_: Any) -> None:
     from worker.app import settings
 
     get_runtime(settings)
+    # torch + transformers leave millions of long-lived objects; keep the collector from re-scanning them per job.
+    gc.freeze()

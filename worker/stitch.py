@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,16 @@ def deliver(manifest: Manifest, narration: Path, fmt: str) -> dict[str, Any]:
     storage, job_id = manifest.storage, manifest.job_id
     key = storage.key_for(job_id, f"{keys.NARRATION_OBJECT}.{fmt}")
     sha256, size = file_sha256(narration), narration.stat().st_size
-    storage.put_file(key, narration, CONTENT_TYPES[fmt])
     cues = build_cues([(e["display"], e["start_s"], e["end_s"]) for e in manifest.ordered()])
-    captions = {}
-    for kind, render in (("srt", to_srt), ("vtt", to_vtt)):
-        captions[kind] = storage.key_for(job_id, keys.CAPTIONS_OBJECTS[kind])
-        content_type = "text/vtt" if kind == "vtt" else "application/x-subrip"
-        storage.put_bytes(captions[kind], render(cues).encode(), content_type)
+    captions = {kind: storage.key_for(job_id, name) for kind, name in keys.CAPTIONS_OBJECTS.items()}
     manifest.data.update(narration={"key": key, "sha256": sha256, "bytes": size}, captions=captions)
-    manifest.save()
+    with ThreadPoolExecutor(max_workers=4) as pool:  # four objects, uploaded side by side
+        uploads = [pool.submit(storage.put_file, key, narration, CONTENT_TYPES[fmt]),
+                   pool.submit(storage.put_bytes, captions["srt"], to_srt(cues).encode(), "application/x-subrip"),
+                   pool.submit(storage.put_bytes, captions["vtt"], to_vtt(cues).encode(), "text/vtt"),
+                   pool.submit(manifest.save)]
+        for upload in uploads:
+            upload.result()
     flagged = [e["index"] for e in manifest.ordered() if e["flagged"]]
     return {"url": storage.url_for(key), "bucket": storage.bucket, "key": key, "format": fmt,
             "duration_s": round(manifest.data["duration_s"], 3), "sample_rate": manifest.data["sample_rate"],

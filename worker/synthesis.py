@@ -92,4 +92,5 @@ class ChunkSynthesizer:
         path = self.spool / keys.CHUNK_OBJECT.format(index=index)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self.manifest.storage.put_bytes(self.manifest.chunk_key(index), data, "audio/wav")
+        if self.manifest.persist_chunks:
+            self.manifest.storage.put_bytes(self.manifest.chunk_key(index), data, "audio/wav")
