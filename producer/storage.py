@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -56,13 +57,21 @@ class LocalStorage:
         return (self.root / key).as_uri()
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:
+        self._write(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def _write(self, key: str, fill: Callable[[str], object]) -> None:
+        """Fill a temp file beside the target, then rename it over the target: readers never see half a file."""
         target = self.root / key
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
             os.close(fd)
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
+            try:
+                fill(tmp)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         except OSError as e:
             raise StorageError(f"cannot write {target}: {e.strerror}") from e
 
@@ -73,12 +82,7 @@ class LocalStorage:
             raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        with tempfile.NamedTemporaryFile(delete=False) as f:
-            f.write(data)
-        try:
-            self.put_file(key, Path(f.name), content_type)
-        finally:
-            os.unlink(f.name)
+        self._write(key, lambda tmp: Path(tmp).write_bytes(data))
 
     def get_bytes(self, key: str) -> bytes | None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def stitch(manifest: Manifest, spool: Path, target: Path, fmt: str) -> float:
     return position / sample_rate
 
 
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _upload_pool() -> ThreadPoolExecutor:
+    """One small thread pool per process (created after fork, never inherited)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload"))
+    return _pool[1]
+
+
 def deliver(manifest: Manifest, narration: Path, fmt: str) -> dict[str, Any]:
     """Upload the narration (multipart when large), captions and the final manifest; return the job result."""
     storage, job_id = manifest.storage, manifest.job_id
@@ -61,13 +73,13 @@ def deliver(manifest: Manifest, narration: Path, fmt: str) -> dict[str, Any]:
     cues = build_cues([(e["display"], e["start_s"], e["end_s"]) for e in manifest.ordered()])
     captions = {kind: storage.key_for(job_id, name) for kind, name in keys.CAPTIONS_OBJECTS.items()}
     manifest.data.update(narration={"key": key, "sha256": sha256, "bytes": size}, captions=captions)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # four objects, uploaded side by side
-        uploads = [pool.submit(storage.put_file, key, narration, CONTENT_TYPES[fmt]),
-                   pool.submit(storage.put_bytes, captions["srt"], to_srt(cues).encode(), "application/x-subrip"),
-                   pool.submit(storage.put_bytes, captions["vtt"], to_vtt(cues).encode(), "text/vtt"),
-                   pool.submit(manifest.save)]
-        for upload in uploads:
-            upload.result()
+    pool = _upload_pool()  # four objects, uploaded side by side
+    uploads = [pool.submit(storage.put_file, key, narration, CONTENT_TYPES[fmt]),
+               pool.submit(storage.put_bytes, captions["srt"], to_srt(cues).encode(), "application/x-subrip"),
+               pool.submit(storage.put_bytes, captions["vtt"], to_vtt(cues).encode(), "text/vtt"),
+               pool.submit(manifest.save)]
+    for upload in uploads:
+        upload.result()
     flagged = [e["index"] for e in manifest.ordered() if e["flagged"]]
     return {"url": storage.url_for(key), "bucket": storage.bucket, "key": key, "format": fmt,
             "duration_s": round(manifest.data["duration_s"], 3), "sample_rate": manifest.data["sample_rate"],
