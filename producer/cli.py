@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from producer.errors import EchoForgeError, InvalidRequestError, JobNotFoundError
@@ -129,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     except JobNotFoundError as e:
         print(f"echoforge: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except redis.ConnectionError as e:
+    except (redis.ConnectionError, redis.TimeoutError) as e:
         print(f"echoforge: cannot reach Redis ({type(e).__name__}); check ECHOFORGE_REDIS_URL", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ValidationError as e:  # the ECHOFORGE_* environment
+        print(f"echoforge: bad configuration: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except EchoForgeError as e:
         print(f"echoforge: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -14,7 +14,7 @@ import redis
 
 from producer import keys
 from producer.celery_config import celery_config, redis_priority
-from producer.errors import JobNotReadyError, SubmitError
+from producer.errors import InvalidRequestError, JobNotReadyError, SubmitError
 from producer.jobs import Job, JobState, NarrationRequest
 from producer.settings import Settings, redact_url
 from producer.storage import open_storage
@@ -61,6 +61,10 @@ class NarrationClient:
             request = NarrationRequest.parse(request)
         job, created = self.store.create(request, self.settings.queue)
         if not created:
+            if job.request.get("text_sha256", request.text_sha256()) != request.text_sha256() or (
+                    "text" in job.request and job.request["text"] != request.text):
+                raise InvalidRequestError(f"idempotency key {request.idempotency_key!r} was used for another text "
+                                          f"(job {job.id})")
             log.info("job %s: idempotency key reused, not enqueued again", job.id)
             return job
         try:
@@ -74,6 +78,8 @@ class NarrationClient:
         except Exception as e:
             where = redact_url(self.settings.redis_url)
             self.store.fail(job.id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")
+            if request.idempotency_key:  # a retry with the same key must be able to enqueue it
+                self.redis.delete(keys.idempotency_key(request.idempotency_key))
             raise SubmitError(f"job {job.id}: could not enqueue on {where}") from e
         log.info("job %s: queued on %s", job.id, self.settings.queue)
         return job

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer import keys
@@ -45,6 +46,20 @@ class Settings(BaseSettings):
             raise ValueError("ECHOFORGE_STORAGE_URL must be s3://bucket/prefix or file:///path")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()):
+            raise ValueError("ECHOFORGE_DEVICE must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> Settings:
+        if self.visibility_timeout_s is not None and self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError("ECHOFORGE_VISIBILITY_TIMEOUT_S must exceed ECHOFORGE_JOB_TIME_LIMIT_S, or Redis "
+                             "redelivers jobs that are still running")
+        return self
+
     @property
     def broker_visibility_timeout_s(self) -> int:
         """Longer than the hard time limit, so Redis never redelivers a job that may still be running."""
@@ -61,10 +76,11 @@ class Settings(BaseSettings):
 def redact_url(url: str) -> str:
     """The URL with any password replaced, safe for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    query = re.sub(r"(?i)(^|&)(password|passwd|pwd)=[^&]*", r"\1\2=***", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -19,6 +19,9 @@ from producer.settings import Settings
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class Storage(Protocol):
     bucket: str | None
@@ -68,6 +71,7 @@ class LocalStorage:
             os.close(fd)
             try:
                 fill(tmp)
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files follow the umask
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):
@@ -93,8 +97,11 @@ class LocalStorage:
             raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
 
     def delete(self, keys: list[str]) -> None:
-        for key in keys:
-            (self.root / key).unlink(missing_ok=True)
+        try:
+            for key in keys:
+                (self.root / key).unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot delete below {self.root}: {e.strerror}") from e
 
 
 class S3Storage:

@@ -104,7 +104,13 @@ class JobStore:
         data: Any = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
         if not data:
             raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
-        return _job(data.items())
+        job = _job(data.items())
+        deadline = data.get(b"expires_at")
+        if job.state is JobState.QUEUED and deadline and float(deadline) < time.time():
+            # Expire on read too, so a job no worker picked up does not wait forever.
+            return self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(time.time())},
+                                   allowed_from=[JobState.QUEUED]) or self.get(job_id)
+        return job
 
     def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
         """queued (or running, on redelivery) -> running; expired instead when its queue TTL passed."""
@@ -175,6 +181,7 @@ class JobStore:
     def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
         """Newest first; index entries whose record expired are pruned on the way."""
         jobs: list[Job] = []
+        stale: list[str] = []
         for start in range(0, 10_000, 200):
             page: Any = self.redis.zrevrange(keys.JOB_INDEX_KEY, start, start + 199)
             ids = [_text(i) for i in page]
@@ -185,13 +192,15 @@ class JobStore:
                 pipe.hgetall(keys.job_key(job_id))
             for job_id, data in zip(ids, pipe.execute(), strict=True):
                 if not data:
-                    self.redis.zrem(keys.JOB_INDEX_KEY, job_id)
+                    stale.append(job_id)
                     continue
                 job = _job(data.items())
-                if state is None or job.state is state:
+                if (state is None or job.state is state) and len(jobs) < limit:
                     jobs.append(job)
-                if len(jobs) >= limit:
-                    return jobs
+            if len(jobs) >= limit:
+                break
+        if stale:  # pruned after paging, so ranks do not shift under the loop
+            self.redis.zrem(keys.JOB_INDEX_KEY, *stale)
         return jobs
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from producer import keys
+from producer.errors import StorageError
 from producer.jobs import NarrationRequest
 from producer.storage import LocalStorage, S3Storage
 
@@ -62,6 +64,14 @@ class Manifest:
 
     def ordered(self) -> list[dict[str, Any]]:
         return [self.chunks[i] for i in sorted(self.chunks)]
+
+    def read_chunk(self, index: int, spool: Path) -> bytes:
+        """A stored chunk's WAV: from this run's local spool, else from storage (a resumed job)."""
+        local = spool / keys.CHUNK_OBJECT.format(index=index)
+        data = local.read_bytes() if local.exists() else self.storage.get_bytes(self.chunk_key(index))
+        if data is None:
+            raise StorageError(f"job {self.job_id}: chunk {index} is in the manifest but missing from storage")
+        return data
 
     def audio_seconds(self) -> float:
         return round(sum(entry["duration_s"] for entry in self.chunks.values()), 3)

@@ -6,12 +6,12 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from producer import keys
 from producer.errors import StorageError
 from producer.jobs import Job, JobState, NarrationRequest
 from producer.storage import LocalStorage, S3Storage
+from producer.voice import voice_prompt_key
 from worker.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
 from worker.manifest import Manifest
 from worker.models import CSMModelLoadError, SpeechModel
@@ -24,8 +24,9 @@ __all__ = ["narrate", "run"]
 
 log = logging.getLogger(__name__)
 
-# Called after every chunk with the progress fields; False stops the job.
-ProgressHook = Callable[[dict[str, Any]], bool]
+# Called after every chunk with the progress fields; says whether to go on, cancel (the job's chunks are deleted)
+# or stop (the job ended elsewhere: leave everything as it is).
+ProgressHook = Callable[[dict[str, Any]], Literal["go", "cancel", "stop"]]
 
 
 def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
@@ -38,9 +39,9 @@ def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
     latest: list[Job | None] = [job]
 
-    def report(progress: dict[str, Any]) -> bool:
+    def report(progress: dict[str, Any]) -> Literal["go", "cancel", "stop"]:
         latest[0] = rt.store.progress(job_id, **progress)
-        return latest[0] is not None and not latest[0].cancel_requested
+        return "stop" if latest[0] is None else "cancel" if latest[0].cancel_requested else "go"
 
     request = job.narration_request()
     log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
@@ -64,7 +65,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
             on_progress: ProgressHook) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The job's work, queue-free: (result, final progress), or None when `on_progress` said stop.
 
-    Chunks already in the stored manifest are skipped; a stopped job's chunks and manifest are deleted.
+    Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
     """
     plan = chunk_text(request.text, max_chunk_chars)
     manifest = Manifest.open(storage, job_id, request, model_info, _settings(request, max_chunk_chars), len(plan))
@@ -81,8 +82,10 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
             if chunk.index == 0:
                 synthesizer.adopt_first_chunk(chunk)
             phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
-            if not on_progress(_progress(manifest, resumed, phase)):
-                manifest.discard()
+            verdict = on_progress(_progress(manifest, resumed, phase))
+            if verdict != "go":
+                if verdict == "cancel":
+                    manifest.discard()
                 return None
         narration = spool / f"narration.{request.output_format}"
         stitch(manifest, spool, narration, request.output_format)
@@ -101,7 +104,7 @@ def _settings(request: NarrationRequest, max_chunk_chars: int) -> dict[str, Any]
 
 
 def _voice_prompt(storage: LocalStorage | S3Storage, sha256: str) -> tuple[Any, int]:
-    key = storage.key_for(keys.VOICES_FOLDER, f"{sha256}.wav")
+    key = voice_prompt_key(storage, sha256)
     data = storage.get_bytes(key)
     if data is None:
         raise StorageError(f"the voice prompt {storage.url_for(key)} is missing")

@@ -25,11 +25,7 @@ __all__ = ["deliver", "stitch"]
 
 
 def _chunk_audio(manifest: Manifest, spool: Path, index: int) -> tuple[np.ndarray, int]:
-    local = spool / keys.CHUNK_OBJECT.format(index=index)
-    data = local.read_bytes() if local.exists() else manifest.storage.get_bytes(manifest.chunk_key(index))
-    if data is None:
-        raise FileNotFoundError(f"job {manifest.job_id}: chunk {index} is missing from storage")
-    return decode_wav(data)
+    return decode_wav(manifest.read_chunk(index, spool))
 
 
 def stitch(manifest: Manifest, spool: Path, target: Path, fmt: str) -> float:

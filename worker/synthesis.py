@@ -45,11 +45,7 @@ class ChunkSynthesizer:
         """Without a voice prompt the first chunk becomes the anchor (read back from storage on a resume)."""
         if self.anchor is not None:
             return
-        path = self.spool / keys.CHUNK_OBJECT.format(index=chunk.index)
-        data = path.read_bytes() if path.exists() else self.manifest.storage.get_bytes(self.manifest.chunk_key(0))
-        if data is None:
-            raise FileNotFoundError(f"job {self.manifest.job_id}: chunk 0 is in the manifest but not in storage")
-        audio, rate = decode_wav(data)
+        audio, rate = decode_wav(self.manifest.read_chunk(chunk.index, self.spool))
         self.anchor = Segment(self.request.speaker_id, chunk.text, audio, rate)
         self.manifest.data["voice_anchor"] = {"source": "first_chunk", "text": chunk.text,
                                               "seconds": round(len(audio) / rate, 3)}
@@ -62,7 +58,7 @@ class ChunkSynthesizer:
             audio, rate = self.model.generate_speech(
                 chunk.text, speaker_id=self.request.speaker_id, temperature=self.request.temperature,
                 top_k=self.request.top_k, context=context, seed=seed)
-            audio = trim_trailing_silence(audio, rate)
+            audio = trim_trailing_silence(audio, rate)  # CSMModel trims too; any model's output gets it here
             stats = self.model.last_generation
             qa = chunk_qa(audio, rate, len(chunk.text), hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
             log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.manifest.job_id, chunk.index,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from producer import keys
 from producer.errors import InvalidRequestError, JobNotFoundError, StorageError
-from producer.store import is_job_id
+from producer.store import JobStore, is_job_id
 from worker import pipeline
 from worker.app import app, settings
 from worker.models import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
@@ -35,7 +36,12 @@ def narrate(self: Task, job_id: str) -> None:
     if not is_job_id(job_id):
         log.error("rejected a narration message whose job id is not a job id: %.64r", job_id)
         return
-    rt = get_runtime(settings)
+    try:
+        rt = get_runtime(settings)
+    except Exception as e:  # the job must not stay queued because this worker is broken
+        log.exception("job %s: this worker cannot run jobs", job_id)
+        JobStore(redis.Redis.from_url(settings.redis_url)).fail(job_id, "worker_misconfigured", _message(e))
+        return
     try:
         pipeline.run(job_id, rt, worker=self.request.hostname or "unknown")
     except JobNotFoundError:

@@ -25,8 +25,17 @@ SYMBOLS = {"&": " and ", "@": " at ", "+": " plus ", "=": " equals ", "°": " de
 CURRENCIES = {"$": "USD", "£": "GBP", "€": "EUR"}
 
 
+MAX_NUMBER_DIGITS = 12  # longer digit runs (codes, serials) are read digit by digit
+
+
+def _digits(raw: str) -> str:
+    return " ".join("point" if c == "." else str(num2words(int(c))) for c in raw)
+
+
 def _number(match: re.Match[str]) -> str:
     raw = match.group(0).replace(",", "")
+    if len(raw.replace(".", "")) > MAX_NUMBER_DIGITS:
+        return _digits(raw)
     if re.fullmatch(r"1[1-9]\d\d|20\d\d", raw):  # read four-digit numbers in this range as years
         return str(num2words(int(raw), to="year"))
     return str(num2words(float(raw) if "." in raw else int(raw)))
@@ -51,8 +60,10 @@ def _iso_date(match: re.Match[str]) -> str:
 
 
 def _currency(match: re.Match[str]) -> str:
-    amount = float(match.group(2).replace(",", ""))
-    words = str(num2words(amount, to="currency", currency=CURRENCIES[match.group(1)]))
+    raw = match.group(2).replace(",", "")
+    if len(raw.replace(".", "")) > MAX_NUMBER_DIGITS:
+        return f"{_digits(raw)} {CURRENCIES[match.group(1)]}"
+    words = str(num2words(float(raw), to="currency", currency=CURRENCIES[match.group(1)]))
     return words.replace(", zero cents", "").replace(", zero pence", "").replace(", zero cent", "")
 
 
@@ -109,17 +120,19 @@ class Chunk:
 
 
 def _pieces(sentence: str, max_chars: int) -> list[str]:
-    """A sentence too long for one chunk, split at clause marks, then between words."""
-    if len(speakable(sentence)) <= max_chars:
+    """A sentence whose spoken form is too long for one chunk: split at clause marks, between words, else anywhere.
+
+    Every piece returned speaks in at most `max_chars` characters (a single character always does).
+    """
+    if len(speakable(sentence)) <= max_chars or len(sentence) <= 1:
         return [sentence]
-    parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p]
+    parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p.strip()]
     if len(parts) == 1:
         words = sentence.split()
-        half = max(1, len(words) // 2)
-        parts = [" ".join(words[:half]), " ".join(words[half:])]
-        if not parts[1]:
-            return [sentence[: max_chars // 2], sentence[max_chars // 2:]]
-    return [piece for part in parts for piece in _pieces(part, max_chars)]
+        half = len(words) // 2
+        parts = [" ".join(words[:half]), " ".join(words[half:])] if half else [
+            sentence[: len(sentence) // 2], sentence[len(sentence) // 2:]]
+    return [piece for part in parts if part.strip() for piece in _pieces(part, max_chars)]
 
 
 def chunk_text(text: str, max_chars: int = 300) -> list[Chunk]:

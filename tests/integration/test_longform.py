@@ -167,4 +167,8 @@ def test_a_bad_voice_prompt_is_refused_before_anything_is_enqueued(
     (tmp_path / "noise.wav").write_bytes(b"not audio at all")
     with pytest.raises(Exception, match="not a readable audio file"):
         client.submit({"text": "Hello.", "voice_text": "Hi."}, voice_prompt=tmp_path / "noise.wav")
+    cli = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "submit", "Hello.", "--voice-prompt",
+                          str(prompt), "--voice-text", "Hi."], env=services.settings_env(client.settings),
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and message in cli.stderr
     assert client.list() == []

@@ -48,9 +48,11 @@ def test_cancel_queued_is_immediate_and_running_is_a_request(store: JobStore) ->
 
 def test_queue_ttl_expires_a_job_that_waited_too_long(store: JobStore) -> None:
     job, _ = store.create(_request(queue_ttl_s=1), "q")
+    unread, _ = store.create(_request(queue_ttl_s=1), "q")
     time.sleep(1.1)
     assert store.start(job.id, "w", {}) is None
     assert store.get(job.id).state is JobState.EXPIRED
+    assert store.get(unread.id).state is JobState.EXPIRED, "reading it is enough, with no worker running"
 
 
 def test_idempotency_key_gives_one_job_under_concurrency(store: JobStore) -> None:
@@ -72,3 +74,14 @@ def test_unknown_or_malformed_ids_are_not_found(store: JobStore) -> None:
     for bad in ("0" * 32, "../../etc/passwd", ""):
         with pytest.raises(JobNotFoundError):
             store.get(bad)
+
+
+def test_an_idempotency_key_reused_with_other_text_is_refused(settings: object) -> None:
+    from producer.client import NarrationClient
+    from producer.errors import InvalidRequestError
+
+    client = NarrationClient(settings)  # type: ignore[arg-type]
+    first = client.submit({"text": "Chapter one.", "idempotency_key": "book-1"})
+    assert client.submit({"text": "Chapter one.", "idempotency_key": "book-1"}).id == first.id
+    with pytest.raises(InvalidRequestError, match="another text"):
+        client.submit({"text": "Chapter two.", "idempotency_key": "book-1"})

@@ -68,5 +68,10 @@ def test_a_multi_chunk_csm_job_gives_the_anchor_to_every_later_chunk(
     anchor_frames = -(-first["samples"] // 1920)  # what the processor encodes from the first chunk's audio
     for chunk in later:  # what the model was given, counted from its own input ids
         assert chunk["context"] == "anchor" and chunk["context_audio_frames"] == anchor_frames
+    # Random weights never emit CSM's end frame: every chunk runs to its cap, is regenerated once on a new seed,
+    # then kept and flagged.
+    for chunk in manifest["chunks"]:
+        assert "runaway" in chunk["qa"]["problems"] and chunk["attempts"] == 2 and chunk["flagged"]
+    assert job.result["flagged_chunks"] == [c["index"] for c in manifest["chunks"]]
     info = sf.info(io.BytesIO(read(job.result["key"])))
     assert info.samplerate == 24_000 and abs(info.duration - job.result["duration_s"]) < 0.002

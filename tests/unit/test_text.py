@@ -64,3 +64,9 @@ def test_sentences_are_kept_whole_when_they_fit() -> None:
 def test_positions_include_anchor_text_audio_and_chunk() -> None:
     assert positions_needed("abcd", 100) == 110
     assert positions_needed("abcd", 100, anchor_text="abcd", anchor_frames=50) == 170
+
+
+@pytest.mark.parametrize("text", ["a" * 5000, "&" * 140, "1" * 100, "$" + "9" * 40, "word " * 400, "x, " * 300])
+def test_text_that_does_not_split_nicely_still_fits_every_chunk(text: str) -> None:
+    chunks = chunk_text(text, max_chars=300)
+    assert chunks and all(0 < len(c.text) <= 300 for c in chunks)
