@@ -109,7 +109,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "download":
         print(client.download(args.job_id, args.output))
         return EXIT_OK
-    jobs = client.list(limit=args.limit, state=JobState(args.state) if args.state else None)
+    if args.dead_letter:
+        jobs = [client.get(job_id) for job_id in client.store.dead_lettered()[: args.limit]]
+    else:
+        jobs = client.list(limit=args.limit, state=JobState(args.state) if args.state else None)
     if args.json:
         print(json.dumps([j.to_public() for j in jobs], indent=2))
     for job in [] if args.json else jobs:

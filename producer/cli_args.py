@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="recent jobs, newest first")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--state", choices=[s.value for s in JobState])
+    p.add_argument("--dead-letter", dest="dead_letter", action="store_true",
+                   help="only jobs failed with redelivery_limit (they kept losing their worker)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("up", help="run the whole stack locally: Redis, a worker, Flower, and a demo job")
     p.add_argument("--no-demo", dest="demo", action="store_false", help="start the stack without a demo job")

@@ -12,6 +12,10 @@ JOB_KEY_PREFIX = "echoforge:job:"
 JOB_INDEX_KEY = "echoforge:jobs"
 # String mapping an idempotency key to the job id it created: echoforge:idem:<key>.
 IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
+# Per-job run lock, value = the holder's token, kept alive by a heartbeat: echoforge:lock:<job_id>.
+JOB_LOCK_PREFIX = "echoforge:lock:"
+# Sorted set of job ids that hit the redelivery cap (dead-lettered), scored by when.
+DEAD_LETTER_KEY = "echoforge:dead-letter"
 # Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.
 JOB_EVENTS_PREFIX = "echoforge:events:"
 # How long a finished job record (and its idempotency key) stays readable.
@@ -29,6 +33,10 @@ VOICES_FOLDER = "voices"
 
 def job_key(job_id: str) -> str:
     return JOB_KEY_PREFIX + job_id
+
+
+def job_lock_key(job_id: str) -> str:
+    return JOB_LOCK_PREFIX + job_id
 
 
 def idempotency_key(key: str) -> str:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer import keys
@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None
     model_load_timeout_s: int = Field(default=900, ge=4)
+    job_lock_ttl_s: float = Field(default=60.0, ge=1.0)
+    max_attempts: int = Field(default=3, ge=1)
     finished_job_ttl_s: int = Field(default=keys.FINISHED_JOB_TTL_S, ge=60)
 
     @field_validator("storage_url")
@@ -52,13 +54,6 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()):
             raise ValueError("ECHOFORGE_DEVICE must be auto, cpu, cuda or cuda:N")
         return value
-
-    @model_validator(mode="after")
-    def _visibility_above_time_limit(self) -> Settings:
-        if self.visibility_timeout_s is not None and self.visibility_timeout_s <= self.job_time_limit_s:
-            raise ValueError("ECHOFORGE_VISIBILITY_TIMEOUT_S must exceed ECHOFORGE_JOB_TIME_LIMIT_S, or Redis "
-                             "redelivers jobs that are still running")
-        return self
 
     @property
     def broker_visibility_timeout_s(self) -> int:

@@ -62,6 +62,14 @@ class _QueueDeadlinePassed(Exception):
     """The job waited in the queue past its queue_ttl_s."""
 
 
+# KEYS: lock. ARGV: token, ttl ms ('0' releases). Only the holder may refresh or release its lock.
+_LOCK_HOLDER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
 def is_job_id(value: object) -> bool:
     return isinstance(value, str) and bool(_JOB_ID.match(value))
 
@@ -78,6 +86,7 @@ class JobStore:
         self.finished_ttl_s = finished_ttl_s
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._lock_holder = client.register_script(_LOCK_HOLDER)
 
     def create(self, request: NarrationRequest, queue: str) -> tuple[Job, bool]:
         """A new queued job, or (existing job, False) when its idempotency key was used before."""
@@ -121,6 +130,25 @@ class JobStore:
         except _QueueDeadlinePassed:
             self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(now)}, allowed_from=[JobState.QUEUED])
             return None
+
+    def lock(self, job_id: str, token: str, ttl_s: float) -> bool:
+        """Take the job's run lock; False while another delivery holds it."""
+        return bool(self.redis.set(keys.job_lock_key(job_id), token, nx=True, px=int(ttl_s * 1000)))
+
+    def refresh_lock(self, job_id: str, token: str, ttl_s: float) -> bool:
+        return bool(self._lock_holder(keys=[keys.job_lock_key(job_id)], args=[token, int(ttl_s * 1000)]))
+
+    def unlock(self, job_id: str, token: str) -> None:
+        self._lock_holder(keys=[keys.job_lock_key(job_id)], args=[token, 0])
+
+    def dead_letter(self, job_id: str, message: str) -> Job | None:
+        """Fail a job that keeps losing its worker, and list it as dead-lettered."""
+        job = self.fail(job_id, "redelivery_limit", message)
+        self.redis.zadd(keys.DEAD_LETTER_KEY, {job_id: time.time()})
+        return job
+
+    def dead_lettered(self) -> list[str]:
+        return [_text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]
 
     def progress(self, job_id: str, **progress: Any) -> Job | None:
         """Record progress of a running job; the returned record tells whether a cancel was asked for."""

@@ -13,6 +13,7 @@ from producer.jobs import Job, JobState, NarrationRequest
 from producer.storage import LocalStorage, S3Storage
 from producer.voice import voice_prompt_key
 from worker.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
+from worker.lock import JobLock
 from worker.manifest import Manifest
 from worker.models import CSMModelLoadError, SpeechModel
 from worker.runtime import Runtime
@@ -30,11 +31,24 @@ ProgressHook = Callable[[dict[str, Any]], Literal["go", "cancel", "stop"]]
 
 
 def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
-    """Run one job to a terminal state; returns that state, or None when the job was not (or no longer) runnable."""
+    """Run one job to a terminal state under its run lock; None when the job was not (or no longer) runnable.
+
+    Raises JobBusyError when another delivery is running it.
+    """
+    with JobLock(rt.store, job_id, rt.settings.job_lock_ttl_s):
+        return _run_locked(job_id, rt, worker)
+
+
+def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
     job = rt.store.start(job_id, worker=worker, model=rt.model_info, phase="planning")
     if job is None:
         log.info("job %s: not started (already %s)", job_id, rt.store.get(job_id).state.value)
         return None
+    if job.attempts > rt.settings.max_attempts:
+        rt.store.dead_letter(job_id, f"started {job.attempts} times; each run lost its worker "
+                                     f"(limit ECHOFORGE_MAX_ATTEMPTS={rt.settings.max_attempts})")
+        log.error("job %s: dead-lettered after %d starts", job_id, job.attempts)
+        return JobState.FAILED
     if rt.model is None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
     latest: list[Job | None] = [job]

@@ -13,6 +13,7 @@ from producer.errors import InvalidRequestError, JobNotFoundError, StorageError
 from producer.store import JobStore, is_job_id
 from worker import pipeline
 from worker.app import app, settings
+from worker.lock import JobBusyError
 from worker.models import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 from worker.runtime import get_runtime
 
@@ -46,6 +47,9 @@ def narrate(self: Task, job_id: str) -> None:
         pipeline.run(job_id, rt, worker=self.request.hostname or "unknown")
     except JobNotFoundError:
         log.error("job %s: no record (expired or never created); message dropped", job_id)
+    except JobBusyError:
+        log.info("job %s: busy under another delivery; retry in %.0f s", job_id, settings.job_lock_ttl_s)
+        raise self.retry(countdown=settings.job_lock_ttl_s, max_retries=None) from None
     except Exception as e:
         code = next((c for t, c in ERROR_CODES if isinstance(e, t)), "internal_error")
         if code == "internal_error":

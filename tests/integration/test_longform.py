@@ -55,7 +55,8 @@ def _generations(logs: str, job_id: str) -> Counter[int]:
     return Counter(int(i) for i in re.findall(rf"job {job_id}: chunk (\d+) generated \(attempt 1", logs))
 
 
-SLOW = {"ECHOFORGE_PLACEHOLDER_RTF": "0.004"}  # about 0.08 s of simulated GPU time per chunk
+# About 0.08 s of simulated GPU time per chunk; a short lock TTL so a redelivery after a kill waits 2 s, not 60.
+SLOW = {"ECHOFORGE_PLACEHOLDER_RTF": "0.004", "ECHOFORGE_JOB_LOCK_TTL_S": "2"}
 
 
 def test_a_chapter_is_chunked_stitched_and_captioned_with_progress_on_the_way(

@@ -1,0 +1,55 @@
+"""Duplicate deliveries and workers that keep dying: never two runs at once, never an endless loop."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from producer import keys
+from producer.celery_config import redis_priority
+from producer.client import NarrationClient
+from producer.jobs import JobState
+from producer.settings import Settings
+from tests import services
+from tests.integration.test_longform import CHAPTER, SLOW, _generations, _wait_until
+
+
+def test_a_second_delivery_while_the_first_runs_waits_instead_of_running_twice(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    workers = [start_worker(settings, name=n, extra_env=SLOW) for n in ("one", "two")]
+    job = client.submit({"text": CHAPTER})
+    _wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 2)
+    # What Redis does when the visibility timeout passes while a job still runs: deliver it again.
+    client._celery.send_task(keys.NARRATE_TASK, args=[job.id], task_id=job.id, queue=settings.queue,
+                             priority=redis_priority(5))
+    final = client.wait(job.id, timeout=240)
+    assert final.state is JobState.SUCCEEDED and final.attempts == 1
+    logs = "".join(w.log() for w in workers)
+    assert re.search(rf"job {job.id}: busy under another delivery; retry in", logs), "the duplicate was held back"
+    generations = _generations(logs, job.id)
+    assert set(generations.values()) == {1} and len(generations) == final.progress["chunks_total"]
+
+
+def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    worker = start_worker(settings, extra_env={**SLOW, "ECHOFORGE_MAX_ATTEMPTS": "2"})
+    job = client.submit({"text": CHAPTER})
+    for attempt in (1, 2):
+        _wait_until(client, job.id, lambda j, a=attempt: j.attempts == a and j.progress.get("chunks_done", 0) >= 1,
+                    timeout=60)
+        psutil.Process(worker.process.pid).children()[0].kill()
+    final = client.wait(job.id, timeout=120)
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error["code"] == "redelivery_limit" and "ECHOFORGE_MAX_ATTEMPTS=2" in final.error["message"]
+    assert job.id in client.store.dead_lettered()
+    listed = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "list", "--dead-letter", "--json"],
+                            env=services.settings_env(settings), capture_output=True, text=True, timeout=30)
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
