@@ -53,3 +53,14 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
     listed = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "list", "--dead-letter", "--json"],
                             env=services.settings_env(settings), capture_output=True, text=True, timeout=30)
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
+
+
+def test_a_job_over_its_time_limit_fails_with_timeout(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    # A 10 s hard limit puts the soft limit (which ends the job cleanly) at 5 s; the chapter needs about 9 s here.
+    start_worker(settings, extra_env={**SLOW, "ECHOFORGE_JOB_TIME_LIMIT_S": "10"})
+    final = client.wait(client.submit({"text": CHAPTER}).id, timeout=60)
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error["code"] == "timeout"
+    assert 0 < final.progress["chunks_done"] < final.progress["chunks_total"]
