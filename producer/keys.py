@@ -14,6 +14,10 @@ JOB_INDEX_KEY = "echoforge:jobs"
 IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
 # Per-job run lock, value = the holder's token, kept alive by a heartbeat: echoforge:lock:<job_id>.
 JOB_LOCK_PREFIX = "echoforge:lock:"
+# Set of the ids of running jobs, kept by the transition script; the reaper looks for ones whose lock expired.
+RUNNING_JOBS_KEY = "echoforge:running"
+# Marks a stale job as re-enqueued, so several reapers send it once: echoforge:reaped:<job_id>.
+REAPED_PREFIX = "echoforge:reaped:"
 # Sorted set of job ids that hit the redelivery cap (dead-lettered), scored by when.
 DEAD_LETTER_KEY = "echoforge:dead-letter"
 # Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.

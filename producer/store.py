@@ -31,7 +31,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return {1, ARGV[1]}
 """
 
-# KEYS: job hash, events channel. ARGV: target state, allowed current states (comma separated),
+# KEYS: job hash, events channel, running-jobs set. ARGV: target state, allowed current states (comma separated),
 # ttl to set (0: none), '1' to count an attempt, now ('' to skip the queue-deadline check), then field/value
 # pairs. Returns {'ok', <the whole record, flattened>} or {'missing' | 'refused' | 'expired', current state}.
 _TRANSITION = """
@@ -45,6 +45,11 @@ if current == 'queued' and ARGV[5] ~= '' then
   if deadline and tonumber(deadline) < tonumber(ARGV[5]) then return {'expired', current} end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
+if ARGV[1] == 'running' then
+  redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+else
+  redis.call('SREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+end
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 local ttl = tonumber(ARGV[3])
@@ -141,11 +146,26 @@ class JobStore:
     def unlock(self, job_id: str, token: str) -> None:
         self._lock_holder(keys=[keys.job_lock_key(job_id)], args=[token, 0])
 
+    def stale_running(self, grace_s: float) -> list[str]:
+        """Running jobs whose run lock is gone (their worker died) and that started over `grace_s` ago."""
+        stale = []
+        for raw in self.redis.smembers(keys.RUNNING_JOBS_KEY):  # type: ignore[union-attr]
+            job_id = _text(raw)
+            state, started = self.redis.hmget(keys.job_key(job_id), ["state", "started_at"])  # type: ignore[misc]
+            if state is None or _text(state) != JobState.RUNNING.value:
+                self.redis.srem(keys.RUNNING_JOBS_KEY, job_id)
+            elif not self.redis.exists(keys.job_lock_key(job_id)) and time.time() - float(started or 0) > grace_s:
+                stale.append(job_id)
+        return stale
+
+    def claim_reap(self, job_id: str, hold_s: float) -> bool:
+        """True for the one reaper that gets to re-enqueue this job in the next `hold_s` seconds."""
+        return bool(self.redis.set(keys.REAPED_PREFIX + job_id, "1", nx=True, px=int(hold_s * 1000)))
+
     def dead_letter(self, job_id: str, message: str) -> Job | None:
         """Fail a job that keeps losing its worker, and list it as dead-lettered."""
-        job = self.fail(job_id, "redelivery_limit", message)
-        self.redis.zadd(keys.DEAD_LETTER_KEY, {job_id: time.time()})
-        return job
+        self.redis.zadd(keys.DEAD_LETTER_KEY, {job_id: time.time()})  # listed before anyone sees it failed
+        return self.fail(job_id, "redelivery_limit", message)
 
     def dead_lettered(self) -> list[str]:
         return [_text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]
@@ -193,7 +213,7 @@ class JobStore:
         ttl = self.finished_ttl_s if target.is_terminal else 0
         flat = [item for pair in fields.items() for item in pair]
         status, record = self._transition(
-            keys=[keys.job_key(job_id), keys.job_events_channel(job_id)],
+            keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY],
             args=[target.value, ",".join(s.value for s in sources), ttl, "1" if count_attempt else "0",
                   "" if now is None else repr(now), *flat],
         )

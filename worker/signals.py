@@ -5,11 +5,22 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from celery.signals import worker_process_init
+import redis
+from celery.signals import worker_process_init, worker_ready
 
 from worker.runtime import get_runtime
 
 __all__: list[str] = []
+
+
+@worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process: watch for running jobs whose worker died."""
+    from producer.store import JobStore
+    from worker.app import app, settings
+    from worker.reaper import start_reaper
+
+    start_reaper(app, settings, JobStore(redis.Redis.from_url(settings.redis_url), settings.finished_job_ttl_s))
 
 
 @worker_process_init.connect

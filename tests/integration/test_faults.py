@@ -64,3 +64,24 @@ def test_a_job_over_its_time_limit_fails_with_timeout(
     assert final.state is JobState.FAILED and final.error is not None
     assert final.error["code"] == "timeout"
     assert 0 < final.progress["chunks_done"] < final.progress["chunks_total"]
+
+
+def test_a_job_whose_whole_worker_died_is_reaped_and_resumed_by_another(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    doomed = start_worker(settings, name="doomed", extra_env=SLOW)
+    job = client.submit({"text": CHAPTER})
+    _wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 5)
+    main = psutil.Process(doomed.process.pid)
+    for process in [*main.children(recursive=True), main]:  # the machine is gone: nothing acks, nothing requeues
+        process.kill()
+    stored = client.get(job.id).progress["chunks_done"]
+    assert client.get(job.id).state is JobState.RUNNING
+
+    rescuer = start_worker(settings, name="rescuer", extra_env=SLOW)
+    final = client.wait(job.id, timeout=120)
+    assert final.state is JobState.SUCCEEDED and final.attempts == 2
+    assert final.worker and final.worker.startswith("rescuer@")
+    assert f"job {job.id}: running but its worker is gone" in rescuer.log()
+    generations = _generations(doomed.log() + rescuer.log(), job.id)
+    assert all(generations[i] == 1 for i in range(stored)), "stored chunks are not generated again"
