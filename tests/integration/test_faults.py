@@ -85,3 +85,23 @@ def test_a_job_whose_whole_worker_died_is_reaped_and_resumed_by_another(
     assert f"job {job.id}: running but its worker is gone" in rescuer.log()
     generations = _generations(doomed.log() + rescuer.log(), job.id)
     assert all(generations[i] == 1 for i in range(stored)), "stored chunks are not generated again"
+
+
+def test_raw_and_foreign_messages_are_refused_and_the_worker_keeps_working(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    worker = start_worker(settings)
+    celery = [str(Path(sys.executable).parent / "celery"), "-A", "worker.app", "call", keys.NARRATE_TASK,
+              "--queue", settings.queue]
+    for args in ('["../../etc/passwd"]', "[12345]", "[]", '["a", "b"]'):
+        done = subprocess.run([*celery, "--args", args], env=services.settings_env(settings), capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    client._celery.send_task(keys.NARRATE_TASK, args=["0" * 32], queue=settings.queue, serializer="pickle")
+
+    job = client.wait(client.submit({"text": "Still working."}).id, timeout=60)  # queued behind all of those
+    assert job.state is JobState.SUCCEEDED
+    log = worker.log()
+    assert log.count("rejected a narration message whose job id is not a job id") == 2
+    assert re.search(r"ContentDisallowed|pickle", log), "the pickle message was refused, not run"
+    assert worker.process.poll() is None
