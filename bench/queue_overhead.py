@@ -52,7 +52,7 @@ def in_process(settings: Settings) -> Callable[[int], None]:
 
     def one(i: int) -> None:
         assert narrate(uuid.uuid4().hex, request, model, storage, settings.max_chunk_chars, model.describe(),
-                       lambda progress: "go") is not None
+                       lambda progress: "go") not in ("stop", "cancel")
 
     return one
 

@@ -16,7 +16,6 @@ __all__ = [
     "TARGET_LUFS",
     "chunk_qa",
     "decode_wav",
-    "encode",
     "file_sha256",
     "finish_chunk",
     "trim_trailing_silence",
@@ -91,13 +90,6 @@ def finish_chunk(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         audio[:fade] *= ramp
         audio[-fade:] *= ramp[::-1]
     return audio.astype(np.float32)
-
-
-def encode(audio: np.ndarray, sample_rate: int, path: Path, fmt: str) -> None:
-    """16-bit PCM mono WAV or FLAC."""
-    import soundfile as sf
-
-    sf.write(path, np.asarray(audio, dtype=np.float32), sample_rate, format=fmt.upper(), subtype="PCM_16")
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from producer.errors import StorageError
-from producer.jobs import Job, JobState, NarrationRequest
+from producer.jobs import JobState, NarrationRequest
 from producer.storage import LocalStorage, S3Storage
 from producer.voice import voice_prompt_key
 from worker.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # Called after every chunk with the progress fields; says whether to go on, cancel (the job's chunks are deleted)
 # or stop (the job ended elsewhere: leave everything as it is).
-ProgressHook = Callable[[dict[str, Any]], Literal["go", "cancel", "stop"]]
+Verdict = Literal["go", "cancel", "stop"]
+ProgressHook = Callable[[dict[str, Any]], Verdict]
 
 
 def run(job_id: str, rt: Runtime, worker: str) -> JobState | None:
@@ -51,19 +52,18 @@ def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
         return JobState.FAILED
     if rt.model is None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
-    latest: list[Job | None] = [job]
 
-    def report(progress: dict[str, Any]) -> Literal["go", "cancel", "stop"]:
-        latest[0] = rt.store.progress(job_id, **progress)
-        return "stop" if latest[0] is None else "cancel" if latest[0].cancel_requested else "go"
+    def report(progress: dict[str, Any]) -> Verdict:
+        current = rt.store.progress(job_id, **progress)
+        return "stop" if current is None else "cancel" if current.cancel_requested else "go"
 
     request = job.narration_request()
     log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
     done = narrate(job_id, request, rt.model, rt.storage, rt.settings.max_chunk_chars, rt.model_info, report)
-    if done is None:
-        if latest[0] is None:
-            log.info("job %s: ended elsewhere while running; stopped", job_id)
-            return None
+    if done == "stop":
+        log.info("job %s: ended elsewhere while running; stopped", job_id)
+        return None
+    if isinstance(done, str):  # "cancel"
         rt.store.finish_canceled(job_id)
         log.info("job %s: canceled; its chunks were deleted", job_id)
         return JobState.CANCELED
@@ -76,8 +76,8 @@ def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
 
 def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: LocalStorage | S3Storage,
             max_chunk_chars: int, model_info: dict[str, Any],
-            on_progress: ProgressHook) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The job's work, queue-free: (result, final progress), or None when `on_progress` said stop.
+            on_progress: ProgressHook) -> tuple[dict[str, Any], dict[str, Any]] | Verdict:
+    """The job's work, queue-free: (result, final progress), or the hook's "cancel" / "stop" that ended it early.
 
     Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
     """
@@ -100,7 +100,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
             if verdict != "go":
                 if verdict == "cancel":
                     manifest.discard()
-                return None
+                return verdict
         narration = spool / f"narration.{request.output_format}"
         stitch(manifest, spool, narration, request.output_format)
         return deliver(manifest, narration, request.output_format), _progress(manifest, resumed, "done")

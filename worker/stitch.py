@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +25,16 @@ from worker.manifest import Manifest
 __all__ = ["deliver", "stitch"]
 
 
-def _chunk_audio(manifest: Manifest, spool: Path, index: int) -> tuple[np.ndarray, int]:
-    return decode_wav(manifest.read_chunk(index, spool))
-
-
 def stitch(manifest: Manifest, spool: Path, target: Path, fmt: str) -> float:
     """Write every chunk, loudness-normalized with faded edges, pauses between; sets start/end per chunk."""
     import soundfile as sf
 
     position = 0
     entries = manifest.ordered()
-    sample_rate = _chunk_audio(manifest, spool, 0)[1]
+    decoded = (decode_wav(manifest.read_chunk(entry["index"], spool)) for entry in entries)
+    first, sample_rate = next(decoded)  # the output's rate comes from the first chunk, decoded once
     with sf.SoundFile(target, "w", samplerate=sample_rate, channels=1, format=fmt.upper(), subtype="PCM_16") as out:
-        for i, entry in enumerate(entries):
-            audio, _ = _chunk_audio(manifest, spool, entry["index"])
+        for i, (entry, (audio, _)) in enumerate(zip(entries, chain([(first, sample_rate)], decoded), strict=True)):
             out.write(finish_chunk(audio, sample_rate))
             entry["start_s"], entry["end_s"] = position / sample_rate, (position + len(audio)) / sample_rate
             position += len(audio)
