@@ -103,8 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "wait":
         job = _wait_with_progress(client, args.job_id, args.timeout)
         return _finish(job, args.json) if job.state.is_terminal else EXIT_JOB_UNSUCCESSFUL
-    if args.command == "cancel":
-        _print_job(client.cancel(args.job_id), args.json)
+    if args.command in ("cancel", "retry"):
+        _print_job(client.cancel(args.job_id) if args.command == "cancel" else client.retry(args.job_id), args.json)
         return EXIT_OK
     if args.command == "download":
         print(client.download(args.job_id, args.output))

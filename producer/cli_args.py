@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_submit(sub)
-    for name, help_text in (("status", "show a job"), ("cancel", "cancel a queued or running job")):
+    for name, help_text in (("status", "show a job"), ("cancel", "cancel a queued or running job"),
+                            ("retry", "queue a failed or expired job again; it resumes from its stored chunks")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job_id")
         p.add_argument("--json", action="store_true")

@@ -67,22 +67,26 @@ class NarrationClient:
                                           f"(job {job.id})")
             log.info("job %s: idempotency key reused, not enqueued again", job.id)
             return job
+        self._enqueue(job.id, request)
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or expired job again under its id; it resumes from the chunks it had stored."""
+        job = self.store.requeue(job_id)
+        self._enqueue(job.id, job.narration_request())
+        return job
+
+    def _enqueue(self, job_id: str, request: NarrationRequest) -> None:
         try:
-            self._celery.send_task(
-                keys.NARRATE_TASK,
-                args=[job.id],
-                task_id=job.id,
-                queue=self.settings.queue,
-                priority=redis_priority(request.priority),
-            )
+            self._celery.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=self.settings.queue,
+                                   priority=redis_priority(request.priority))
         except Exception as e:
             where = redact_url(self.settings.redis_url)
-            self.store.fail(job.id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")
+            self.store.fail(job_id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")
             if request.idempotency_key:  # a retry with the same key must be able to enqueue it
                 self.redis.delete(keys.idempotency_key(request.idempotency_key))
-            raise SubmitError(f"job {job.id}: could not enqueue on {where}") from e
-        log.info("job %s: queued on %s", job.id, self.settings.queue)
-        return job
+            raise SubmitError(f"job {job_id}: could not enqueue on {where}") from e
+        log.info("job %s: queued on %s", job_id, self.settings.queue)
 
     def get(self, job_id: str) -> Job:
         return self.store.get(job_id)

@@ -8,6 +8,7 @@ __all__ = [
     "JobNotFoundError",
     "JobNotReadyError",
     "StorageError",
+    "StorageUnavailableError",
     "SubmitError",
 ]
 
@@ -34,3 +35,7 @@ class JobNotReadyError(EchoForgeError):
 
 class StorageError(EchoForgeError):
     """Reading or writing the object store failed (after the client's own retries)."""
+
+
+class StorageUnavailableError(StorageError):
+    """The object store stayed unreachable (or kept answering 5xx) for the whole retry window."""

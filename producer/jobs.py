@@ -193,6 +193,7 @@ class Job:
     model: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier ends, each undone by `echoforge retry`
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -216,6 +217,7 @@ class Job:
             model=obj("model") or {},
             result=obj("result"),
             error=obj("error"),
+            history=obj("history") or [],
         )
 
     def narration_request(self) -> NarrationRequest:
@@ -248,4 +250,5 @@ class Job:
             "request": request,
             "result": self.result,
             "error": self.error,
+            "history": self.history,
         }

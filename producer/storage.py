@@ -6,18 +6,24 @@ imported only when S3 is used. Keys are built from server-generated job ids only
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from producer.errors import StorageError
+from producer.errors import StorageError, StorageUnavailableError
 from producer.settings import Settings
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -105,12 +111,17 @@ class LocalStorage:
 
 
 class S3Storage:
-    """An S3-compatible bucket; large files go up as multipart uploads, with botocore's retries."""
+    """An S3-compatible bucket; large files go up as multipart uploads.
 
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+    Connection failures, timeouts, throttling and 5xx answers are retried with backoff for `retry_s` seconds, then
+    raise StorageUnavailableError; anything else (no such bucket, access denied) raises StorageError at once.
+    """
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, retry_s: float = 120.0) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint_url = endpoint_url
+        self.retry_s = retry_s
         self._client: Any = None
 
     @property
@@ -119,7 +130,7 @@ class S3Storage:
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+            config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60)
             self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         return self._client
 
@@ -133,39 +144,67 @@ class S3Storage:
         from boto3.s3.transfer import TransferConfig
 
         transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
-        try:
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type},
-                                    Config=transfer)
-        except Exception as e:
-            raise StorageError(f"upload to {self.url_for(key)} failed: {_reason(e)}") from e
+        self._retrying(f"upload to {self.url_for(key)}", lambda: self.client.upload_file(
+            str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=transfer))
 
     def download(self, key: str, destination: Path) -> None:
-        try:
-            self.client.download_file(self.bucket, key, str(destination))
-        except Exception as e:
-            raise StorageError(f"download of {self.url_for(key)} failed: {_reason(e)}") from e
+        self._retrying(f"download of {self.url_for(key)}",
+                       lambda: self.client.download_file(self.bucket, key, str(destination)))
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        except Exception as e:
-            raise StorageError(f"upload to {self.url_for(key)} failed: {_reason(e)}") from e
+        self._retrying(f"upload to {self.url_for(key)}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type))
 
     def get_bytes(self, key: str) -> bytes | None:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            return None
-        except Exception as e:
-            raise StorageError(f"download of {self.url_for(key)} failed: {_reason(e)}") from e
+        def read() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                return None
+
+        return self._retrying(f"download of {self.url_for(key)}", read)
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
+            self._retrying(f"delete in s3://{self.bucket}", partial(self.client.delete_objects,
+                                                                     Bucket=self.bucket, Delete=batch))
+
+    def _retrying(self, what: str, operation: Callable[[], _T]) -> _T:
+        deadline, delay = time.monotonic() + self.retry_s, 0.5
+        while True:
             try:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                return operation()
             except Exception as e:
-                raise StorageError(f"delete in s3://{self.bucket} failed: {_reason(e)}") from e
+                if not is_transient(e):
+                    raise StorageError(f"{what} failed: {_reason(e)}") from e
+                if time.monotonic() + delay > deadline:
+                    raise StorageUnavailableError(f"{what} failed: the object store was unreachable for "
+                                                  f"{self.retry_s:.0f} s ({_reason(e)})") from e
+                log.warning("%s: %s; retrying in %.1f s", what, _reason(e), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """A network failure, timeout, throttling or 5xx anywhere in the exception's cause chain."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, BotoConnectionError | HTTPClientError | ConnectionError | TimeoutError):
+            return True
+        if isinstance(seen, ClientError):
+            response: Any = seen.response
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(error: Exception) -> str:
@@ -179,4 +218,4 @@ def open_storage(settings: Settings) -> LocalStorage | S3Storage:
         return LocalStorage(settings.local_storage_root())
     if not parts.netloc:
         raise StorageError("ECHOFORGE_STORAGE_URL s3://bucket/prefix names no bucket")
-    return S3Storage(parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url)
+    return S3Storage(parts.netloc, parts.path.strip("/"), settings.s3_endpoint_url, settings.storage_retry_s)

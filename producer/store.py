@@ -12,10 +12,10 @@ from typing import Any
 import redis
 
 from producer import keys
-from producer.errors import JobNotFoundError
+from producer.errors import InvalidRequestError, JobNotFoundError
 from producer.jobs import ALLOWED_TRANSITIONS, Job, JobState, NarrationRequest
 
-__all__ = ["JobStore", "is_job_id"]
+__all__ = ["JobStore", "connect_redis", "is_job_id"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -63,6 +63,30 @@ return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 
 
+# KEYS: job hash, events channel, dead-letter set. ARGV: now, new queue deadline ('' for none).
+# failed (except invalid_request) or expired -> queued, the earlier end kept in 'history'; the record stops expiring.
+_REQUEUE = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {'missing', ''} end
+local err = redis.call('HGET', KEYS[1], 'error')
+if (current ~= 'failed' and current ~= 'expired') or (err and string.find(err, '"code":"invalid_request"', 1, true))
+then return {'refused', current} end
+local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
+table.insert(history, {state = current, error = err and cjson.decode(err) or cjson.null,
+  attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'),
+  finished_at = tonumber(redis.call('HGET', KEYS[1], 'finished_at') or '0')})
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'cancel_requested', 'expires_at')
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'history', cjson.encode(history))
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[2]) end
+redis.call('PERSIST', KEYS[1])
+local idem = redis.call('HGET', KEYS[1], 'idempotency_redis_key')
+if idem then redis.call('PERSIST', idem) end
+redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+redis.call('PUBLISH', KEYS[2], 'queued')
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+
 class _QueueDeadlinePassed(Exception):
     """The job waited in the queue past its queue_ttl_s."""
 
@@ -73,6 +97,17 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+
+
+def connect_redis(url: str, retry_s: float) -> redis.Redis:
+    """A client whose commands ride out a Redis restart: lost connections are retried with backoff for ~retry_s."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    backoff_cap = 2.0
+    retries = max(3, int(retry_s / backoff_cap) + 5)  # 0.1, 0.2, ... 1.6 s, then every 2 s
+    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=backoff_cap, base=0.1), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 def is_job_id(value: object) -> bool:
@@ -92,6 +127,7 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._lock_holder = client.register_script(_LOCK_HOLDER)
+        self._requeue = client.register_script(_REQUEUE)
 
     def create(self, request: NarrationRequest, queue: str) -> tuple[Job, bool]:
         """A new queued job, or (existing job, False) when its idempotency key was used before."""
@@ -183,6 +219,23 @@ class JobStore:
     def fail(self, job_id: str, code: str, message: str) -> Job | None:
         fields = {"error": _dumps({"code": code, "message": message}), "finished_at": repr(time.time())}
         return self.transition(job_id, JobState.FAILED, fields)
+
+    def requeue(self, job_id: str) -> Job:
+        """An operator's retry: a failed (but valid) or expired job is queued again under the same id.
+
+        Its text, stored chunks and idempotency key are kept; `attempts` restarts and the earlier end is kept in
+        `history`. Raises InvalidRequestError for jobs in any other state.
+        """
+        job = self.get(job_id)
+        ttl = job.request.get("queue_ttl_s")
+        status, record = self._requeue(keys=[keys.job_key(job_id), keys.job_events_channel(job_id),
+                                             keys.DEAD_LETTER_KEY],
+                                       args=[repr(time.time()), repr(time.time() + ttl) if ttl else ""])
+        if _text(status) != "ok":
+            reason = "its request is invalid" if job.error and job.error.get("code") == "invalid_request" \
+                else f"it is {_text(record) or 'gone'}"
+            raise InvalidRequestError(f"job {job_id} cannot be retried: {reason} (only failed or expired jobs can)")
+        return _job(zip(record[::2], record[1::2], strict=True))
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is canceled at once; a running one is asked to stop at its next check."""

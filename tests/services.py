@@ -21,13 +21,16 @@ from producer.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(log_dir: Path, port: int | None = None, persist: bool = False,
+                password: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free port; `persist` turns the append-only file on (it survives a restart)."""
     port = port or processes.free_port()
     args = [processes.redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+            "--save", "", "--appendonly", "yes" if persist else "no", "--appendfsync", "always",
+            "--dir", str(log_dir), *(["--requirepass", password] if password else [])]
     proc = processes.start(args, log_dir / f"redis-{port}.log")
     processes.wait_for_port(port, 15, proc)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    return proc, f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
 
 
 # boto3 in the tests, the benchmarks and their worker subprocesses talks to moto with throwaway credentials.

@@ -7,11 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from producer.settings import Settings
 from producer.storage import LocalStorage, S3Storage, open_storage
-from producer.store import JobStore
+from producer.store import JobStore, connect_redis
 from worker.models import CSMModelError, SpeechModel, create_csm_model
 
 __all__ = ["Runtime", "get_runtime", "load_model"]
@@ -44,7 +42,7 @@ def get_runtime(settings: Settings | None = None) -> Runtime:
     global _runtime, _runtime_pid
     if _runtime is None or _runtime_pid != os.getpid():
         settings = settings or Settings()
-        store = JobStore(redis.Redis.from_url(settings.redis_url), settings.finished_job_ttl_s)
+        store = JobStore(connect_redis(settings.redis_url, settings.redis_retry_s), settings.finished_job_ttl_s)
         model: SpeechModel | None = None
         info: dict[str, Any] = {}
         error: str | None = None

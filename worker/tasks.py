@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from producer import keys
-from producer.errors import InvalidRequestError, JobNotFoundError, StorageError
-from producer.store import JobStore, is_job_id
+from producer.errors import InvalidRequestError, JobNotFoundError, StorageError, StorageUnavailableError
+from producer.store import JobStore, connect_redis, is_job_id
 from worker import pipeline
 from worker.app import app, settings
 from worker.lock import JobBusyError
@@ -28,6 +27,7 @@ ERROR_CODES: list[tuple[type[BaseException], str]] = [
     (CSMModelNotFoundError, "model_unavailable"),
     (CSMModelLoadError, "model_unavailable"),
     (CSMModelError, "synthesis_failed"),
+    (StorageUnavailableError, "storage_unavailable"),
     (StorageError, "storage_error"),
 ]
 
@@ -41,7 +41,8 @@ def narrate(self: Task, job_id: str) -> None:
         rt = get_runtime(settings)
     except Exception as e:  # the job must not stay queued because this worker is broken
         log.exception("job %s: this worker cannot run jobs", job_id)
-        JobStore(redis.Redis.from_url(settings.redis_url)).fail(job_id, "worker_misconfigured", _message(e))
+        store = JobStore(connect_redis(settings.redis_url, settings.redis_retry_s))
+        store.fail(job_id, "worker_misconfigured", _message(e))
         return
     try:
         pipeline.run(job_id, rt, worker=self.request.hostname or "unknown")

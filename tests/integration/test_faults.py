@@ -17,7 +17,7 @@ from producer.client import NarrationClient
 from producer.jobs import JobState
 from producer.settings import Settings
 from tests import services
-from tests.integration.test_longform import CHAPTER, SLOW, _generations, _wait_until
+from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _wait_until
 
 
 def test_a_second_delivery_while_the_first_runs_waits_instead_of_running_twice(
@@ -105,3 +105,27 @@ def test_raw_and_foreign_messages_are_refused_and_the_worker_keeps_working(
     assert log.count("rejected a narration message whose job id is not a job id") == 2
     assert re.search(r"ContentDisallowed|pickle", log), "the pickle message was refused, not run"
     assert worker.process.poll() is None
+
+
+def test_twenty_pool_process_kills_mid_job_each_finish_once(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    worker = start_worker(settings, extra_env=SLOW)
+    text = CHAPTER[: CHAPTER.index("\n\n", 5000)]  # about 25 chunks
+    outcomes = []
+    for trial in range(20):
+        job = client.submit({"text": text})
+        kill_after = 2 + (trial * 7) % 17  # a different point in the job each time
+        _wait_until(client, job.id, lambda j, k=kill_after: j.progress.get("chunks_done", 0) >= k, timeout=120)
+        stored = client.get(job.id).progress["chunks_done"]
+        psutil.Process(worker.process.pid).children()[0].kill()  # SIGKILL mid-chunk
+        final = client.wait(job.id, timeout=120)
+        generations = _generations(worker.log(), job.id)
+        finals = [k for k in _keys(settings, job.id) if k.rsplit("/", 1)[-1].startswith("narration")]
+        outcomes.append({
+            "trial": trial, "state": final.state.value, "attempts": final.attempts,
+            "stored_chunks_kept": all(generations[i] == 1 for i in range(stored)),
+            "redone": sum(generations.values()) - final.progress["chunks_total"], "final_objects": len(finals)})
+    expected = {"state": "succeeded", "attempts": 2, "stored_chunks_kept": True, "final_objects": 1}
+    failed = [o for o in outcomes if {k: o[k] for k in expected} != expected or not 0 <= o["redone"] <= 1]
+    assert not failed, f"{len(outcomes) - len(failed)}/20 passed; failures: {failed}"

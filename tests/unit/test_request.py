@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producer.errors import InvalidRequestError
 from producer.jobs import MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, NarrationRequest, normalize_text
@@ -22,35 +24,36 @@ def test_defaults() -> None:
     assert request.priority == 5 and request.idempotency_key is None
 
 
-@pytest.mark.parametrize(
-    ("fields", "names"),
-    [
-        ({"text": ""}, "text"),
-        ({"text": " \n\t  "}, "empty after whitespace"),
-        ({"text": "x" * (MAX_TEXT_CHARS + 1)}, "limit"),
-        ({"text": 42}, "text"),
-        ({"text": ["a"]}, "text"),
-        ({"text": "bell\x07"}, "control"),
-        ({"text": "nul\x00"}, "control"),
-        ({"text": "lone \ud800 surrogate"}, "invalid character"),
-        ({"text": "ok", "speaker_id": -1}, "speaker_id"),
-        ({"text": "ok", "speaker_id": 10**9}, "speaker_id"),
-        ({"text": "ok", "speaker_id": 1.5}, "speaker_id"),
-        ({"text": "ok", "speaker_id": "1"}, "speaker_id"),
-        ({"text": "ok", "speaker_id": True}, "speaker_id"),
-        ({"text": "ok", "temperature": 0}, "temperature"),
-        ({"text": "ok", "temperature": -0.5}, "temperature"),
-        ({"text": "ok", "temperature": math.nan}, "temperature"),
-        ({"text": "ok", "temperature": math.inf}, "temperature"),
-        ({"text": "ok", "top_k": 0}, "top_k"),
-        ({"text": "ok", "top_k": 10**6}, "top_k"),
-        ({"text": "ok", "output_format": "mp3"}, "output_format"),
-        ({"text": "ok", "priority": 10}, "priority"),
-        ({"text": "ok", "idempotency_key": "../../etc"}, "idempotency_key"),
-        ({"text": "ok", "queue_ttl_s": 0}, "queue_ttl_s"),
-        ({"text": "ok", "voice": "x"}, "voice"),
-    ],
-)
+# (fields, what the error names): the bad-input matrix, reused by the client, CLI and raw-message tests.
+BAD_FIELDS: list[tuple[dict[str, object], str]] = [
+    ({"text": ""}, "text"),
+    ({"text": " \n\t  "}, "empty after whitespace"),
+    ({"text": "x" * (MAX_TEXT_CHARS + 1)}, "limit"),
+    ({"text": 42}, "text"),
+    ({"text": ["a"]}, "text"),
+    ({"text": "bell\x07"}, "control"),
+    ({"text": "nul\x00"}, "control"),
+    ({"text": "lone \ud800 surrogate"}, "invalid character"),
+    ({"text": "ok", "speaker_id": -1}, "speaker_id"),
+    ({"text": "ok", "speaker_id": 10**9}, "speaker_id"),
+    ({"text": "ok", "speaker_id": 1.5}, "speaker_id"),
+    ({"text": "ok", "speaker_id": "1"}, "speaker_id"),
+    ({"text": "ok", "speaker_id": True}, "speaker_id"),
+    ({"text": "ok", "temperature": 0}, "temperature"),
+    ({"text": "ok", "temperature": -0.5}, "temperature"),
+    ({"text": "ok", "temperature": math.nan}, "temperature"),
+    ({"text": "ok", "temperature": math.inf}, "temperature"),
+    ({"text": "ok", "top_k": 0}, "top_k"),
+    ({"text": "ok", "top_k": 10**6}, "top_k"),
+    ({"text": "ok", "output_format": "mp3"}, "output_format"),
+    ({"text": "ok", "priority": 10}, "priority"),
+    ({"text": "ok", "idempotency_key": "../../etc"}, "idempotency_key"),
+    ({"text": "ok", "queue_ttl_s": 0}, "queue_ttl_s"),
+    ({"text": "ok", "voice": "x"}, "voice"),
+]
+
+
+@pytest.mark.parametrize(("fields", "names"), BAD_FIELDS)
 def test_bad_fields_are_refused_with_the_field_named(fields: dict[str, object], names: str) -> None:
     with pytest.raises(InvalidRequestError, match=names):
         NarrationRequest.parse(fields)
@@ -72,3 +75,25 @@ def test_request_is_frozen_and_without_text_keeps_a_hash() -> None:
         request.text = "changed"  # type: ignore[misc]
     kept = request.without_text()
     assert "text" not in kept and kept["text_chars"] == 8 and len(kept["text_sha256"]) == 64
+
+
+_FIELDS = ["text", "speaker_id", "temperature", "top_k", "output_format", "idempotency_key", "priority",
+           "queue_ttl_s", "voice_prompt_sha256", "voice_text", "voice", "extra"]
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=60), st.sampled_from(["Hello there.", "wav", "flac", "key-1", "0" * 64]),
+                    st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(_FIELDS), _VALUES, max_size=6))
+def test_validation_either_refuses_clearly_or_yields_a_request_within_every_limit(fields: dict[str, object]) -> None:
+    try:
+        request = NarrationRequest.parse(fields)
+    except InvalidRequestError as e:
+        assert str(e)  # never another exception type, never an empty message
+        return
+    assert request.text and request.text == normalize_text(request.text) and len(request.text) <= MAX_TEXT_CHARS
+    assert 0 <= request.speaker_id <= 99 and 1 <= request.top_k <= 2048 and 0 <= request.priority <= 9
+    assert math.isfinite(request.temperature) and 0 < request.temperature <= 2
+    assert not set(fields) - set(NarrationRequest.model_fields)
+    assert NarrationRequest.parse(request.model_dump()) == request, "what is stored validates again"
