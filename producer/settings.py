@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     job_lock_ttl_s: float = Field(default=60.0, ge=1.0)
     max_attempts: int = Field(default=3, ge=1)
     finished_job_ttl_s: int = Field(default=keys.FINISHED_JOB_TTL_S, ge=60)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # a worker's Prometheus /metrics port; 0: off
     # How long a worker keeps retrying an unreachable object store (backoff 0.5 s doubling to 10 s) before the
     # job fails with storage_unavailable; `echoforge retry ID` resumes it later.
     storage_retry_s: float = Field(default=120.0, ge=0.0)

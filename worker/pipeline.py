@@ -12,6 +12,7 @@ from producer.errors import StorageError
 from producer.jobs import JobState, NarrationRequest
 from producer.storage import LocalStorage, S3Storage
 from producer.voice import voice_prompt_key
+from worker import metrics
 from worker.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
 from worker.lock import JobLock
 from worker.manifest import Manifest
@@ -54,6 +55,7 @@ def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
 
     def report(progress: dict[str, Any]) -> Verdict:
+        metrics.observe_progress(job_id, progress)
         current = rt.store.progress(job_id, **progress)
         return "stop" if current is None else "cancel" if current.cancel_requested else "go"
 

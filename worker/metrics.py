@@ -1,0 +1,309 @@
+"""Prometheus metrics: job and chunk figures from the pool processes, queue depth and job states read from Redis.
+
+Celery's prefork pool runs jobs in child processes, so the metrics use prometheus_client's multiprocess mode: the
+worker's main process makes a fresh directory, points PROMETHEUS_MULTIPROC_DIR at it before the pool forks, and
+serves /metrics (ECHOFORGE_METRICS_PORT; 0 = off) from every process's files. A pool process that exits is marked
+dead (its live gauges go; its counters stay counted). Queue depth and job states are read from Redis at scrape time.
+Nothing here carries a URL, a token or user text: labels are states, error codes, model kind and device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from producer import keys
+from producer.jobs import JobState
+from producer.settings import Settings
+
+__all__ = ["enabled", "job_finished", "job_starting", "model_ready", "observe_progress", "process_exiting", "retried",
+           "start_server", "stop_server"]
+
+log = logging.getLogger(__name__)
+
+# Job records scanned (newest first) for the jobs-by-state gauge at each scrape.
+STATE_SCAN_LIMIT = 10_000
+_SECONDS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+_CHUNK_SECONDS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_RTF = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20)
+
+
+class _Metrics:
+    """The metric objects; built only after PROMETHEUS_MULTIPROC_DIR is set, so every process writes to files."""
+
+    def __init__(self) -> None:
+        job_labels = ["state", "error_code", "model_kind", "device"]
+        self.jobs = Counter("echoforge_jobs", "Job runs that ended a job, by final state", job_labels)
+        self.job_seconds = Histogram("echoforge_job_duration_seconds", "Wall time of a run that ended a job",
+                                     ["state"], buckets=_SECONDS)
+        self.job_rtf = Histogram("echoforge_job_real_time_factor", "Run wall seconds per second of audio delivered",
+                                 buckets=_RTF)
+        self.queue_wait = Histogram("echoforge_queue_wait_seconds", "Submit to first start", buckets=_SECONDS)
+        self.starts = Counter("echoforge_job_starts", "Deliveries of a job to this worker's pool")
+        self.redeliveries = Counter("echoforge_job_redeliveries", "Deliveries of a job that had started before")
+        self.in_progress = Gauge("echoforge_jobs_in_progress", "Jobs this worker is running now",
+                                 multiprocess_mode="livesum")
+        # Chunks are generated in batches, so one chunk's own time is not observable: the counters add up exactly
+        # (their ratio is the real-time factor) and the histogram takes each run's average per chunk.
+        self.chunk_seconds = Counter("echoforge_chunk_seconds", "Wall seconds spent making chunks (generation, QA, "
+                                     "storage), from one stored chunk to the next")
+        self.chunks = Counter("echoforge_chunks", "Chunks generated and stored (resumed ones excluded)")
+        self.audio_seconds = Counter("echoforge_audio_seconds", "Seconds of audio in those chunks")
+        self.chunk_duration = Histogram("echoforge_chunk_duration_seconds", "A run's average wall seconds per chunk",
+                                        buckets=_CHUNK_SECONDS)
+        self.retries = Counter("echoforge_task_retries", "Task retries (a job busy under another delivery)")
+        self.task_failures = Counter("echoforge_task_failures", "Tasks that raised out of Celery's task body")
+        self.model = Gauge("echoforge_model_info", "1 per model kind and device a pool process serves with",
+                           ["kind", "model_id", "device"], multiprocess_mode="livemax")
+        self.fallbacks = Counter("echoforge_model_fallbacks", "Pool processes that fell back (GPU to CPU, CSM to "
+                                 "placeholder) or loaded no model", ["kind", "device"])
+
+
+@dataclass
+class _Run:
+    job_id: str
+    wall: float
+    mono: float
+    state_before: str
+    mark: tuple[float, int, float] = (0.0, 0, 0.0)  # (monotonic, chunks done, audio seconds) at the last report
+    chunks: int = 0  # chunks this run made, and the seconds it took
+    chunk_seconds: float = 0.0
+
+
+_metrics: _Metrics | None = None
+_run: _Run | None = None
+_server: Any = None
+_dir: Path | None = None
+
+
+def enabled() -> bool:
+    return _metrics is not None
+
+
+def start_server(settings: Settings, hostname: str) -> None:
+    """In the worker's main process, before the pool forks: the metrics directory and the /metrics server."""
+    global _metrics, _server, _dir
+    if not settings.metrics_port or _metrics is not None:
+        return
+    _dir = Path(tempfile.mkdtemp(prefix="echoforge-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
+    values.ValueClass = values.get_value_class()  # in case prometheus_client was imported before the variable
+    registry = CollectorRegistry()
+    registry.register(_ProcessFiles(_dir))
+    registry.register(_RedisCollector(settings))
+    try:
+        _server, _ = start_http_server(settings.metrics_port, registry=registry)
+    except OSError as e:
+        log.error("metrics off: cannot serve on port %d: %s", settings.metrics_port, e)
+        stop_server()
+        return
+    _metrics = _Metrics()
+    log.info("metrics on :%d/metrics (%s)", settings.metrics_port, hostname)
+
+
+def stop_server() -> None:
+    global _metrics, _server, _dir
+    if _server is not None:
+        _server.shutdown()
+    if _dir is not None:
+        shutil.rmtree(_dir, ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    _metrics = _server = _dir = None
+
+
+def process_exiting() -> None:
+    """A pool process on its way out: its live gauges must stop counting."""
+    if _dir is not None:
+        multiprocess.mark_process_dead(os.getpid(), str(_dir))
+
+
+def model_ready(info: dict[str, Any]) -> None:
+    """A pool process built its runtime: what it serves with, and whether that was a fallback."""
+    if _metrics is None:
+        return
+    kind, device = str(info.get("kind") or "none"), str(info.get("device") or "")
+    _metrics.model.labels(kind, str(info.get("id") or ""), device).set(1)
+    if info.get("fallback_reason") or not info:
+        _metrics.fallbacks.labels(kind, device).inc()
+
+
+def job_starting(job_id: str, client: redis.Redis) -> None:
+    """task_prerun: the job's state before this run, and its queue wait when this is its first start."""
+    global _run
+    if _metrics is None:
+        return
+    state, created, attempts = _fields(client, job_id, "state", "created_at", "attempts")
+    now = time.time()
+    _run = _Run(job_id, now, time.monotonic(), state)
+    _run.mark = (_run.mono, 0, 0.0)
+    _metrics.starts.inc()
+    _metrics.in_progress.inc()
+    if state == JobState.QUEUED.value and created:
+        _metrics.queue_wait.observe(max(0.0, now - float(created)))
+    elif state == JobState.RUNNING.value and int(attempts or 0) > 0:
+        _metrics.redeliveries.inc()
+
+
+def observe_progress(job_id: str, progress: dict[str, Any]) -> None:
+    """After every stored chunk (the pipeline's progress hook): chunks, audio and wall time of this run."""
+    if _metrics is None or _run is None or _run.job_id != job_id:
+        return
+    try:
+        _observe_chunk(_metrics, _run, progress)
+    except Exception:  # metrics must never stop a job
+        log.warning("job %s: chunk metrics failed", job_id, exc_info=True)
+
+
+def _observe_chunk(m: _Metrics, run: _Run, progress: dict[str, Any]) -> None:
+    now, done, audio = time.monotonic(), int(progress.get("chunks_done", 0)), float(progress.get("audio_s", 0.0))
+    before, done_before, audio_before = run.mark
+    run.mark = (now, done, audio)
+    if done_before == 0 and progress.get("chunks_resumed"):
+        return  # the first report of a resumed job: the chunks so far were made by an earlier run
+    if done > done_before:  # a report per chunk; a batch's chunks arrive together, after its generation time
+        run.chunks += done - done_before
+        run.chunk_seconds += now - before
+        m.chunks.inc(done - done_before)
+        m.chunk_seconds.inc(now - before)
+        m.audio_seconds.inc(max(0.0, audio - audio_before))
+
+
+def job_finished(job_id: str, client: redis.Redis) -> None:
+    """task_postrun: count the job once, by the run that moved it to its terminal state."""
+    global _run
+    if _metrics is None or _run is None or _run.job_id != job_id:
+        return
+    run, _run = _run, None
+    _metrics.in_progress.dec()
+    if run.chunks:
+        _metrics.chunk_duration.observe(run.chunk_seconds / run.chunks)
+    state, started, finished, error, model, result = _fields(
+        client, job_id, "state", "started_at", "finished_at", "error", "model", "result")
+    if not state or not JobState(state).is_terminal or not finished or float(finished) < run.wall:
+        return  # still running elsewhere, retried, or ended before this run
+    if run.state_before != JobState.QUEUED.value and float(started or 0) < run.wall:
+        return  # another delivery started the run that ended it (this one found it busy, or already over)
+    info = json.loads(model) if model else {}
+    code = str(json.loads(error).get("code", "")) if error else ""
+    elapsed = time.monotonic() - run.mono
+    _metrics.jobs.labels(state, code, str(info.get("kind", "")), str(info.get("device", ""))).inc()
+    _metrics.job_seconds.labels(state).observe(elapsed)
+    duration = float(json.loads(result).get("duration_s") or 0) if result else 0.0
+    if state == JobState.SUCCEEDED.value and duration > 0:
+        _metrics.job_rtf.observe(elapsed / duration)
+
+
+def retried() -> None:
+    if _metrics is not None:
+        _metrics.retries.inc()
+
+
+def task_failed() -> None:
+    if _metrics is not None:
+        _metrics.task_failures.inc()
+
+
+def _fields(client: redis.Redis, job_id: str, *names: str) -> list[str]:
+    """Raw fields of a job record ('' when absent): no side effects, unlike JobStore.get's lazy expiry."""
+    return [_text(v) for v in client.hmget(keys.job_key(job_id), list(names))]  # type: ignore[union-attr]
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+class _ProcessFiles(Collector):
+    """prometheus_client's MultiProcessCollector, after marking pool processes that died unannounced (SIGKILL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.collector = multiprocess.MultiProcessCollector(None, str(path))
+
+    def collect(self) -> Iterator[Any]:
+        for pid in {int(m.group(1)) for f in self.path.glob("gauge_live*.db")
+                    if (m := re.search(r"_(\d+)\.db$", f.name))}:
+            if not _alive(pid):
+                multiprocess.mark_process_dead(pid, str(self.path))
+        return self.collector.collect()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _RedisCollector(Collector):
+    """Read at scrape time: the queue's lists (every priority step), job records by state, dead letters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.queue = settings.queue
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("echoforge_redis_up", "1 when the last scrape could read Redis")
+        try:
+            families = list(self._families())
+        except redis.RedisError as e:
+            log.warning("metrics: cannot read Redis: %s", type(e).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily("echoforge_queue_depth", "Messages waiting in the queue's Redis list, per "
+                                  "priority step (running jobs are not in the list)", labels=["queue", "step"])
+        pipe = self.client.pipeline(transaction=False)
+        lists = keys.priority_queue_lists(self.queue)
+        for name in lists:
+            pipe.llen(name)
+        for step, length in zip(keys.PRIORITY_STEPS, pipe.execute(), strict=True):
+            depth.add_metric([self.queue, str(step)], int(length))
+        yield depth
+        yield from self._states()
+        dead = GaugeMetricFamily("echoforge_dead_letter_jobs", "Jobs failed as redelivery_limit, still listed")
+        dead.add_metric([], int(self.client.zcard(keys.DEAD_LETTER_KEY)))  # type: ignore[arg-type]
+        yield dead
+
+    def _states(self) -> Iterator[Any]:
+        ids: Any = self.client.zrevrange(keys.JOB_INDEX_KEY, 0, STATE_SCAN_LIMIT - 1)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job_key(_text(job_id)), ["state", "created_at"])
+        counts = {state.value: 0 for state in JobState}
+        oldest_queued = 0.0
+        now = time.time()
+        for state, created in pipe.execute() if ids else []:
+            if state is not None:
+                counts[_text(state)] = counts.get(_text(state), 0) + 1
+            if _text(state) == JobState.QUEUED.value and created:
+                oldest_queued = max(oldest_queued, now - float(created))
+        jobs = GaugeMetricFamily("echoforge_job_records", f"Job records in Redis by state (newest "
+                                 f"{STATE_SCAN_LIMIT}; finished ones expire)", labels=["state"])
+        for state_name, count in counts.items():
+            jobs.add_metric([state_name], count)
+        yield jobs
+        age = GaugeMetricFamily("echoforge_oldest_queued_job_age_seconds", "How long the oldest queued job waited")
+        age.add_metric([], oldest_queued)
+        yield age
