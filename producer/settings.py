@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     allow_placeholder: bool = True
     placeholder_rtf: float = Field(default=0.0, ge=0.0)
     max_chunk_chars: int = Field(default=300, ge=40, le=400)
+    # Chunks of a job generated together (one voice anchor as their shared context); see bench/generation.py.
+    batch_size: int = Field(default=32, ge=1, le=256)
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None

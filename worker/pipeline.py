@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from worker.models import CSMModelLoadError, SpeechModel
 from worker.runtime import Runtime
 from worker.stitch import deliver, stitch
 from worker.synthesis import ChunkSynthesizer
-from worker.text import chunk_text
+from worker.text import Chunk, chunk_text
 
 __all__ = ["narrate", "run"]
 
@@ -92,11 +93,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         synthesizer = ChunkSynthesizer(model, request, manifest, spool)
         if request.voice_prompt_sha256:
             synthesizer.load_voice_prompt(*_voice_prompt(storage, request.voice_prompt_sha256))
-        for chunk in plan:
-            if not manifest.done(chunk.index):
-                synthesizer.synthesize(chunk)
-            if chunk.index == 0:
-                synthesizer.adopt_first_chunk(chunk)
+        for chunk in _stored_in_order(plan, manifest, synthesizer, model.batch_size):
             phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
             verdict = on_progress(_progress(manifest, resumed, phase))
             if verdict != "go":
@@ -106,6 +103,26 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         narration = spool / f"narration.{request.output_format}"
         stitch(manifest, spool, narration, request.output_format)
         return deliver(manifest, narration, request.output_format), _progress(manifest, resumed, "done")
+
+
+def _stored_in_order(plan: list[Chunk], manifest: Manifest, synthesizer: ChunkSynthesizer,
+                     batch_size: int) -> Iterator[Chunk]:
+    """Each chunk of the plan in order, once it is stored: skipped when the manifest has it, else generated with the
+    next ones still missing, up to `batch_size` at a time. Without a voice prompt the first chunk is generated alone,
+    as it becomes the anchor (the shared context) of every later batch."""
+    index = 0
+    while index < len(plan):
+        if manifest.done(plan[index].index):
+            stored: Iterable[Chunk] = [plan[index]]
+        else:
+            size = batch_size if synthesizer.anchor is not None else 1
+            group = list(takewhile(lambda c: not manifest.done(c.index), plan[index: index + size]))
+            stored = (chunk for chunk, _ in zip(group, synthesizer.synthesize_batch(group), strict=False))
+        for chunk in stored:
+            if chunk.index == 0:
+                synthesizer.adopt_first_chunk(chunk)
+            index += 1
+            yield chunk
 
 
 def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:

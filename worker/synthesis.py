@@ -1,9 +1,11 @@
-"""One chunk at a time: generate in the anchor's voice, check it, retry once on a new seed, store it."""
+"""A job's chunks a batch at a time: generate in the anchor's voice, check, retry once on a new seed, store in order."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from producer import keys
 from producer.jobs import NarrationRequest
 from worker.audio import chunk_qa, decode_wav, trim_trailing_silence, wav_bytes
 from worker.manifest import Manifest
-from worker.models import Segment, SpeechModel
+from worker.models import Generated, Segment, SpeechModel
 from worker.models.csm_model import SAMPLES_PER_FRAME, frame_budget
 from worker.text import Chunk, positions_needed
 
@@ -52,23 +54,48 @@ class ChunkSynthesizer:
 
     def synthesize(self, chunk: Chunk) -> dict[str, Any]:
         """Generate, check and store one chunk; returns its manifest entry (already saved)."""
-        context = [self.anchor] if self.anchor is not None else []
-        for attempt in range(2):
-            seed = chunk_seed(self.manifest.job_id, chunk.index, attempt)
-            audio, rate = self.model.generate_speech(
-                chunk.text, speaker_id=self.request.speaker_id, temperature=self.request.temperature,
-                top_k=self.request.top_k, context=context, seed=seed)
-            audio = trim_trailing_silence(audio, rate)  # CSMModel trims too; any model's output gets it here
-            stats = self.model.last_generation
-            qa = chunk_qa(audio, rate, len(chunk.text), hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
-            log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.manifest.job_id, chunk.index,
-                     attempt + 1, len(audio) / rate, f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
-            if not qa["problems"]:
-                break
-        entry = self._entry(chunk, audio, rate, seed, attempt + 1, qa, stats)
-        self._store(chunk.index, wav_bytes(audio, rate))
-        self.manifest.record(entry)
-        return entry
+        return next(self.synthesize_batch([chunk]))
+
+    def synthesize_batch(self, chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
+        """Generate chunks together in the anchor's voice, give each that fails QA one more try on its next seed,
+        then store them in order: each manifest entry is yielded as soon as it is saved.
+
+        Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever else shares its batch.
+        """
+        first = self._attempt(chunks, 0)
+        failed = [i for i, (_, qa) in enumerate(first) if qa["problems"]]
+        retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], 1), strict=True)) if failed else {}
+        for i, chunk in enumerate(chunks):
+            attempts = [first[i], *([retried[i]] if i in retried else [])]
+            for number, (result, qa) in enumerate(attempts, start=1):
+                log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.manifest.job_id, chunk.index,
+                         number, len(result.audio) / result.sample_rate,
+                         f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
+            result, qa = attempts[-1]
+            seed = chunk_seed(self.manifest.job_id, chunk.index, len(attempts) - 1)
+            entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
+            self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
+            self.manifest.record(entry)
+            yield entry
+
+    def _attempt(self, chunks: list[Chunk], attempt: int) -> list[tuple[Generated, dict[str, Any]]]:
+        """One generation of every chunk (one batch), each checked by QA."""
+        started = time.perf_counter()
+        results = self.model.generate_batch(
+            [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
+            top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
+            seeds=[chunk_seed(self.manifest.job_id, c.index, attempt) for c in chunks])
+        log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.manifest.job_id,
+                 len(chunks), attempt + 1, time.perf_counter() - started,
+                 sum(len(r.audio) / r.sample_rate for r in results))
+        checked = []
+        for chunk, result in zip(chunks, results, strict=True):
+            audio = trim_trailing_silence(result.audio, result.sample_rate)  # any model's output gets it here
+            stats = result.stats
+            qa = chunk_qa(audio, result.sample_rate, len(chunk.text),
+                          hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
+            checked.append((Generated(audio, result.sample_rate, stats), qa))
+        return checked
 
     def _entry(self, chunk: Chunk, audio: np.ndarray, rate: int, seed: int, attempts: int,
                qa: dict[str, Any], stats: Any) -> dict[str, Any]:

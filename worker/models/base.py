@@ -10,7 +10,7 @@ import numpy as np
 
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Segment", "SpeechModel"]
+__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 
@@ -25,6 +25,15 @@ class Segment:
     sample_rate: int = SAMPLE_RATE
 
 
+@dataclass(frozen=True)
+class Generated:
+    """One text's speech from generate_batch: mono float32 audio, its rate, and what the model did (or None)."""
+
+    audio: np.ndarray
+    sample_rate: int
+    stats: Any = None
+
+
 class SpeechModel:
     """Shared behaviour of CSMModel and PlaceholderCSMModel."""
 
@@ -32,6 +41,7 @@ class SpeechModel:
     model_id = "unknown"
     revision: str | None = None
     device = "cpu"
+    batch_size = 1  # how many texts generate_batch callers should hand over at once (ECHOFORGE_BATCH_SIZE)
 
     def generate_speech(
         self,
@@ -45,6 +55,26 @@ class SpeechModel:
     ) -> tuple[np.ndarray, int]:
         """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable."""
         raise NotImplementedError
+
+    def generate_batch(
+        self,
+        texts: list[str],
+        speaker_id: int = 1,
+        temperature: float = 0.9,
+        top_k: int = 50,
+        context: list[Segment] | None = None,
+        seeds: list[int | None] | None = None,
+        max_audio_length_ms: float | None = None,
+    ) -> list[Generated]:
+        """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
+
+        This default generates them one by one; CSMModel decodes them together.
+        """
+        results = []
+        for text, seed in zip(texts, seeds or [None] * len(texts), strict=True):
+            audio, rate = self.generate_speech(text, speaker_id, temperature, top_k, context, max_audio_length_ms, seed)
+            results.append(Generated(audio, rate, self.last_generation))
+        return results
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from worker.audio import trim_trailing_silence
-from worker.models.base import SAMPLE_RATE, Segment, SpeechModel
+from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
+
+if TYPE_CHECKING:  # the engine imports torch: only pool processes that load CSM may pay for it
+    from worker.models.engine import CsmEngine
 
 __all__ = ["DEFAULT_MODEL_ID", "SAMPLES_PER_FRAME", "CSMModel", "GenerationStats", "frame_budget", "undecodable_codes"]
 
@@ -50,12 +54,13 @@ class GenerationStats:
 
 
 class CSMModel(SpeechModel):
-    """CSM-1B on one device. The backbone and depth decoder run in bf16 (fp32 if asked); the Mimi codec stays fp32."""
+    """CSM-1B on one device, decoded by CsmEngine. The backbone and depth decoder run in bf16 where the hardware has
+    bf16 arithmetic (`dtype="auto"`: CUDA, AMX / AVX512-BF16 CPUs), else fp32; the Mimi codec stays fp32."""
 
     kind = "csm"
 
     def __init__(self, model_path: str | None = None, device: str | None = None, *,
-                 model_id: str = DEFAULT_MODEL_ID, revision: str | None = None, dtype: str = "bfloat16") -> None:
+                 model_id: str = DEFAULT_MODEL_ID, revision: str | None = None, dtype: str = "auto") -> None:
         import torch
 
         source = model_path or model_id
@@ -64,7 +69,7 @@ class CSMModel(SpeechModel):
         self._adopt(processor, model, source, commit or revision, device, dtype)
 
     @classmethod
-    def from_loaded(cls, processor: Any, model: Any, *, device: str | None = None, dtype: str = "bfloat16",
+    def from_loaded(cls, processor: Any, model: Any, *, device: str | None = None, dtype: str = "auto",
                     model_id: str = "in-memory") -> CSMModel:
         """Wrap a processor and CsmForConditionalGeneration already in memory (benchmarks, notebooks)."""
         self = cls.__new__(cls)
@@ -75,18 +80,23 @@ class CSMModel(SpeechModel):
                dtype: str) -> None:
         import torch
 
-        self.model_id, self.revision, self.dtype = model_id, revision, dtype
+        from worker.models.engine import CsmEngine, compute_dtype
+
+        self.model_id, self.revision = model_id, revision
         self.device, self.fallback_reason = select_device(device)
+        self.dtype = str(compute_dtype(self.device)).removeprefix("torch.") if dtype == "auto" else dtype
         self.processor, self.model = processor, model
         try:
-            self.model.to(device=self.device, dtype=getattr(torch, dtype))
+            self.model.to(device=self.device, dtype=getattr(torch, self.dtype))
             self.model.codec_model.to(dtype=torch.float32)  # Mimi decodes garbage in bf16
         except torch.OutOfMemoryError as e:
             self.cleanup()
             raise CSMModelLoadError(f"out of memory moving {self.model_id} to {self.device}") from e
+        self.engine: CsmEngine | None = CsmEngine(self.model)
         self.max_positions = int(self.model.config.max_position_embeddings)
         self.last_generation: GenerationStats | None = None
-        log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, dtype)
+        self._prefix_cache: tuple[Any, Any, int] | None = None
+        log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dtype": self.dtype}
@@ -102,49 +112,92 @@ class CSMModel(SpeechModel):
         seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
         """Speech for `text` in the voice of `speaker_id`, prompted by `context`: (float32 mono, 24000)."""
+        [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
+        return result.audio, result.sample_rate
+
+    def generate_batch(
+        self,
+        texts: list[str],
+        speaker_id: int = 1,
+        temperature: float = 0.9,
+        top_k: int = 50,
+        context: list[Segment] | None = None,
+        seeds: list[int | None] | None = None,
+        max_audio_length_ms: float | None = None,
+    ) -> list[Generated]:
+        """Speech for each text, all decoded together after one shared context (top_k 1 is greedy).
+
+        seeds[i] seeds text i's own sampler: its draw does not depend on which texts share the batch.
+        """
         import torch
 
-        inputs = self._inputs(text, speaker_id, context or [])
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        from worker.models.engine import Sampling
+
+        if self.engine is None:
+            raise CSMModelError("the model was cleaned up")
+        prefix, context_frames = self._prefix(context or [])
+        prefix_len = 0 if prefix is None else len(prefix)
+        prompts = [self.engine.embed_prompt(self._turn_ids(text, speaker_id)) for text in texts]
+        caps = [self._cap(text, prefix_len + len(prompt), max_audio_length_ms) for text, prompt in zip(
+            texts, prompts, strict=True)]
+        sampling = [Sampling(temperature, top_k, seed) for seed in seeds or [None] * len(texts)]
+        try:
+            codes = self.engine.generate(prefix, prompts, caps, sampling)
+            waves = [self.engine.decode(c).numpy().astype(np.float32) for c in codes]
+        except torch.OutOfMemoryError as e:
+            raise CSMModelError(f"out of memory generating {len(texts)} texts on {self.device}") from e
+        results = []
+        for wave, frames, prompt, cap in zip(waves, codes, prompts, caps, strict=True):
+            trimmed = trim_trailing_silence(wave, SAMPLE_RATE)
+            stats = GenerationStats(prefix_len + len(prompt), context_frames, len(frames), cap,
+                                    len(wave) - len(trimmed))
+            results.append(Generated(trimmed, SAMPLE_RATE, stats))
+        self.last_generation = results[-1].stats
+        return results
+
+    def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:
         cap = min(frame_budget(text, max_audio_length_ms), self.max_positions - prompt_tokens)
         if cap < 1:
             raise CSMModelError(f"the context and text take {prompt_tokens} of the model's {self.max_positions} "
                                 "positions; shorten the voice prompt or the chunk")
-        if seed is not None:
-            torch.manual_seed(seed)  # seeds CUDA too
-        sampling = {"do_sample": True, "temperature": float(temperature), "top_k": int(top_k),
-                    "suppress_tokens": undecodable_codes(self.model.config)}
-        try:
-            with torch.inference_mode():
-                audio = self.model.generate(**inputs, output_audio=True, max_new_tokens=cap, **sampling,
-                                            **{f"depth_decoder_{k}": v for k, v in sampling.items()})
-        except torch.OutOfMemoryError as e:
-            raise CSMModelError(f"out of memory generating {len(text)} characters on {self.device}") from e
-        waveform = audio[0].detach().float().cpu().numpy().astype(np.float32)
-        trimmed = trim_trailing_silence(waveform, SAMPLE_RATE)
-        context_frames = int((inputs["input_ids"] == self.processor.audio_token_id).sum())
-        self.last_generation = GenerationStats(prompt_tokens, context_frames, len(waveform) // SAMPLES_PER_FRAME,
-                                               cap, len(waveform) - len(trimmed))
-        return trimmed, SAMPLE_RATE
+        return cap
 
-    def _inputs(self, text: str, speaker_id: int, context: list[Segment]) -> Any:
+    def _turn(self, speaker: int, words: str) -> str:
         tokenizer = self.processor.tokenizer
+        return f"{tokenizer.bos_token}[{speaker}]{words}{tokenizer.eos_token}"
 
-        def turn(speaker: int, words: str) -> str:
-            return f"{tokenizer.bos_token}[{speaker}]{words}{tokenizer.eos_token}"
+    def _turn_ids(self, text: str, speaker_id: int) -> Any:
+        return self.processor(text=self._turn(speaker_id, text), return_tensors="pt")["input_ids"][0]
 
-        audio_marker = self.processor.audio_token + self.processor.audio_eos_token
-        prompt = "".join(turn(s.speaker, s.text) + audio_marker for s in context) + turn(speaker_id, text)
+    def _prefix(self, context: list[Segment]) -> tuple[Any, int]:
+        """(embeddings [P, H] of the context turns with their audio, audio frames); the last one is cached, so a
+        job's voice anchor goes through the codec once, not once per chunk."""
+        if not context:
+            return None, 0
         audio = [_to_24k_mono(s) for s in context]
-        inputs = self.processor(text=prompt, audio=audio or None, return_tensors="pt")
-        inputs.pop("token_type_ids", None)
-        return inputs.to(self.device)
+        key = [(s.speaker, s.text, hashlib.sha256(a.tobytes()).hexdigest())
+               for s, a in zip(context, audio, strict=True)]
+        if self._prefix_cache is not None and self._prefix_cache[0] == key:
+            return self._prefix_cache[1:]
+        import torch
+
+        assert self.engine is not None
+        marker = self.processor.audio_token + self.processor.audio_eos_token
+        prompt = "".join(self._turn(s.speaker, s.text) + marker for s in context)
+        inputs = self.processor(text=prompt, audio=audio, return_tensors="pt")
+        values, cutoffs = inputs["input_values"][0, 0], [int(c) for c in inputs["input_values_cutoffs"][0] if c >= 0]
+        bounds = zip([0, *cutoffs[:-1]], cutoffs, strict=True)
+        codes = torch.cat([self.engine.encode_audio(values[a:b]) for a, b in bounds])
+        self._prefix_cache = (key, self.engine.embed_prompt(inputs["input_ids"][0], codes), len(codes))
+        return self._prefix_cache[1:]
 
     def cleanup(self) -> None:
         """Drop the weights and give GPU memory back to the driver."""
         import torch
 
         self.model = None
+        self.engine = None
+        self._prefix_cache = None
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

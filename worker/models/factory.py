@@ -30,6 +30,12 @@ def create_csm_model(
     ECHOFORGE_ALLOW_PLACEHOLDER=false the last error propagates instead of a placeholder being returned.
     """
     settings = settings or Settings()
+    model = _create(model_path, device, use_placeholder, settings)
+    model.batch_size = settings.batch_size
+    return model
+
+
+def _create(model_path: str | None, device: str | None, use_placeholder: bool, settings: Settings) -> SpeechModel:
     if use_placeholder or settings.use_placeholder:
         return PlaceholderCSMModel(rtf=settings.placeholder_rtf)
     source = model_path or settings.model_path

@@ -1,0 +1,98 @@
+"""CsmEngine on the tiny random CSM checkpoint: batching changes nothing but speed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.csm_checkpoint import build_tiny_checkpoint
+from worker.models import CSMModel, PlaceholderCSMModel, Segment
+from worker.models.csm_model import _to_24k_mono, undecodable_codes
+from worker.models.engine import Sampling
+
+TEXTS = ["The lighthouse keeper counted the waves.", "Hi.", "A much longer sentence, with several clauses, to read."]
+GREEDY = Sampling(temperature=1.0, top_k=1)
+REFERENCE = (0.1 * np.sin(np.linspace(0, 2000, 16_000))).astype(np.float32)  # 1 s at 16 kHz
+ANCHOR = [Segment(1, "Hello there.", REFERENCE, 16_000)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> CSMModel:
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
+    return CSMModel(str(checkpoint), device="cpu", dtype="float32")
+
+
+def _codes(model: CSMModel, texts: list[str], caps: list[int], sampling: list[Sampling],
+           context: list[Segment] | None = None) -> list[torch.Tensor]:
+    assert model.engine is not None
+    prefix, _ = model._prefix(context or [])
+    prompts = [model.engine.embed_prompt(model._turn_ids(text, 0)) for text in texts]
+    return model.engine.generate(prefix, prompts, caps, sampling)
+
+
+@pytest.mark.parametrize("context", [None, ANCHOR], ids=["no-context", "anchor"])
+def test_batched_and_unbatched_greedy_codes_are_identical(model: CSMModel, context: list[Segment] | None) -> None:
+    caps = [10, 4, 7]  # rows leave the batch at different frames
+    alone = [_codes(model, [text], [cap], [GREEDY], context)[0] for text, cap in zip(TEXTS, caps, strict=True)]
+    together = _codes(model, TEXTS, caps, [GREEDY] * 3, context)
+    assert [len(c) for c in together] == caps
+    for one, batched in zip(alone, together, strict=True):
+        assert torch.equal(one, batched)
+
+
+@pytest.mark.parametrize("context", [None, ANCHOR], ids=["no-context", "anchor"])
+def test_greedy_codes_match_transformers_generate(model: CSMModel, context: list[Segment] | None) -> None:
+    marker = model.processor.audio_token + model.processor.audio_eos_token
+    prompt = "".join(model._turn(s.speaker, s.text) + marker for s in context or []) + model._turn(0, TEXTS[0])
+    audio = [_to_24k_mono(s) for s in context] if context else None
+    inputs = model.processor(text=prompt, audio=audio, return_tensors="pt")
+    inputs.pop("token_type_ids", None)
+    suppress = undecodable_codes(model.model.config)
+    with torch.inference_mode():
+        expected = model.model.generate(**inputs, max_new_tokens=12, do_sample=False, suppress_tokens=suppress,
+                                        depth_decoder_do_sample=False, depth_decoder_suppress_tokens=suppress)
+    ours = _codes(model, TEXTS[:1], [12], [GREEDY], context)[0]
+    assert len(ours) >= 1 and torch.equal(expected[0, : len(ours)], ours)
+
+
+def test_a_seeded_row_draws_the_same_codes_alone_or_in_a_batch(model: CSMModel) -> None:
+    seeded = [Sampling(0.9, 20, seed) for seed in (7, 8, 9)]
+    alone = _codes(model, TEXTS[:1], [10], seeded[:1], ANCHOR)[0]
+    together = _codes(model, TEXTS, [10, 10, 10], seeded, ANCHOR)
+    assert torch.equal(alone, together[0])
+    assert not torch.equal(together[0], _codes(model, TEXTS[:1], [10], [Sampling(0.9, 20, 10)], ANCHOR)[0])
+
+
+def test_sampling_never_picks_ids_the_codec_cannot_decode(model: CSMModel) -> None:
+    codes = _codes(model, TEXTS, [12] * 3, [Sampling(2.0, 2048, seed) for seed in range(3)])
+    limit = model.model.config.codec_config.codebook_size
+    assert all(int(c.max()) < limit for c in codes if len(c))
+
+
+def test_generate_batch_returns_audio_and_stats_per_text(model: CSMModel) -> None:
+    results = model.generate_batch(TEXTS, speaker_id=0, context=ANCHOR, seeds=[1, 2, 3], max_audio_length_ms=800)
+    assert len(results) == 3
+    for result in results:
+        assert result.sample_rate == 24_000 and result.audio.dtype == np.float32
+        assert result.stats.context_audio_frames == 13 and 1 <= result.stats.frames <= result.stats.frame_cap == 10
+    repeat = model.generate_speech(TEXTS[0], speaker_id=0, context=ANCHOR, seed=1, max_audio_length_ms=800)[0]
+    assert np.allclose(repeat, results[0].audio, atol=1e-5), "a seed means the same speech alone or batched"
+
+
+def test_the_placeholder_generates_a_batch_one_by_one() -> None:
+    results = PlaceholderCSMModel().generate_batch(TEXTS, seeds=[1, 2, 3])
+    assert [len(r.audio) for r in results] == [PlaceholderCSMModel().generate_speech(t)[0].size for t in TEXTS]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_replay_the_eager_codes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm-cuda"))
+    model = CSMModel(str(checkpoint), device="cuda", dtype="float32")
+    assert model.engine is not None and model.engine.use_cuda_graphs
+    seeded = [Sampling(0.9, 20, seed) for seed in (7, 8, 9)]
+    graphed = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
+    assert model.engine._graphs and all(g is not None for g in model.engine._graphs.values()), "capture failed"
+    model.engine.use_cuda_graphs = False
+    eager = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
+    assert all(torch.equal(a, b) for a, b in zip(graphed, eager, strict=True))
