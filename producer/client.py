@@ -86,6 +86,7 @@ class NarrationClient:
             if request.idempotency_key:  # a retry with the same key must be able to enqueue it
                 self.redis.delete(keys.idempotency_key(request.idempotency_key))
             raise SubmitError(f"job {job_id}: could not enqueue on {where}") from e
+        self.store.mark_sent(job_id)
         log.info("job %s: queued on %s", job_id, self.settings.queue)
 
     def get(self, job_id: str) -> Job:

@@ -18,6 +18,9 @@ JOB_LOCK_PREFIX = "echoforge:lock:"
 RUNNING_JOBS_KEY = "echoforge:running"
 # Marks a stale job as re-enqueued, so several reapers send it once: echoforge:reaped:<job_id>.
 REAPED_PREFIX = "echoforge:reaped:"
+# Sorted set of job ids recorded but not yet sent to the queue, scored by creation time; a producer that died in
+# between leaves its job here, and a reaper sends it.
+UNSENT_JOBS_KEY = "echoforge:unsent"
 # Sorted set of job ids that hit the redelivery cap (dead-lettered), scored by when.
 DEAD_LETTER_KEY = "echoforge:dead-letter"
 # Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.

@@ -19,7 +19,7 @@ __all__ = ["JobStore", "connect_redis", "is_job_id"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
-# KEYS: job hash, job index, idempotency key ('' when none). ARGV: job id, created_at, field/value pairs.
+# KEYS: job hash, job index, idempotency key ('' when none), unsent set. ARGV: job id, created_at, field/value pairs.
 _CREATE = """
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
@@ -28,6 +28,7 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return {1, ARGV[1]}
 """
 
@@ -63,7 +64,7 @@ return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 
 
-# KEYS: job hash, events channel, dead-letter set. ARGV: now, new queue deadline ('' for none).
+# KEYS: job hash, events channel, dead-letter set, unsent set. ARGV: now, new queue deadline ('' for none).
 # failed (except invalid_request) or expired -> queued, the earlier end kept in 'history'; the record stops expiring.
 _REQUEUE = """
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -82,6 +83,7 @@ redis.call('PERSIST', KEYS[1])
 local idem = redis.call('HGET', KEYS[1], 'idempotency_redis_key')
 if idem then redis.call('PERSIST', idem) end
 redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+redis.call('ZADD', KEYS[4], ARGV[1], redis.call('HGET', KEYS[1], 'id'))
 redis.call('PUBLISH', KEYS[2], 'queued')
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
@@ -146,7 +148,7 @@ class JobStore:
         if idem:
             fields["idempotency_redis_key"] = idem
         flat = [item for pair in fields.items() for item in pair]
-        created, found_id = self._create(keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem],
+        created, found_id = self._create(keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem, keys.UNSENT_JOBS_KEY],
                                          args=[job_id, repr(now), *flat])
         return (Job.from_hash(fields), True) if created else (self.get(_text(found_id)), False)
 
@@ -198,6 +200,15 @@ class JobStore:
         """True for the one reaper that gets to re-enqueue this job in the next `hold_s` seconds."""
         return bool(self.redis.set(keys.REAPED_PREFIX + job_id, "1", nx=True, px=int(hold_s * 1000)))
 
+    def mark_sent(self, job_id: str) -> None:
+        """The job's message is in the queue (or it no longer needs one)."""
+        self.redis.zrem(keys.UNSENT_JOBS_KEY, job_id)
+
+    def unsent(self, older_than_s: float) -> list[str]:
+        """Jobs recorded over `older_than_s` ago whose producer never confirmed sending them."""
+        ids: Any = self.redis.zrangebyscore(keys.UNSENT_JOBS_KEY, "-inf", time.time() - older_than_s, 0, 500)
+        return [_text(i) for i in ids]
+
     def dead_letter(self, job_id: str, message: str) -> Job | None:
         """Fail a job that keeps losing its worker, and list it as dead-lettered."""
         self.redis.zadd(keys.DEAD_LETTER_KEY, {job_id: time.time()})  # listed before anyone sees it failed
@@ -229,7 +240,7 @@ class JobStore:
         job = self.get(job_id)
         ttl = job.request.get("queue_ttl_s")
         status, record = self._requeue(keys=[keys.job_key(job_id), keys.job_events_channel(job_id),
-                                             keys.DEAD_LETTER_KEY],
+                                             keys.DEAD_LETTER_KEY, keys.UNSENT_JOBS_KEY],
                                        args=[repr(time.time()), repr(time.time() + ttl) if ttl else ""])
         if _text(status) != "ok":
             reason = "its request is invalid" if job.error and job.error.get("code") == "invalid_request" \

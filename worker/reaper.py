@@ -1,4 +1,5 @@
-"""The reaper: re-enqueue running jobs whose worker died (their run lock expired), so nothing stays running forever.
+"""The reaper: re-enqueue running jobs whose worker died (their run lock expired), so nothing stays running forever,
+and send queued jobs whose producer died between recording them and sending their message.
 
 Runs as a thread in every worker's main process; a claim key makes several reapers send a job once.
 The re-enqueued job resumes from its stored chunks, and the redelivery cap still applies.
@@ -12,6 +13,9 @@ import threading
 from celery import Celery
 
 from producer import keys
+from producer.celery_config import redis_priority
+from producer.errors import JobNotFoundError
+from producer.jobs import JobState
 from producer.settings import Settings
 from producer.store import JobStore
 
@@ -29,6 +33,25 @@ def reap_once(store: JobStore, app: Celery, settings: Settings) -> list[str]:
         log.warning("job %s: running but its worker is gone (lock expired); re-enqueued", job_id)
         app.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=settings.queue)
         sent.append(job_id)
+    return sent + send_unsent(store, app, settings)
+
+
+def send_unsent(store: JobStore, app: Celery, settings: Settings) -> list[str]:
+    """Send queued jobs never confirmed as sent. A duplicate (the producer was only slow) is harmless: the run lock
+    and the job's state keep a second message from running it again."""
+    sent = []
+    for job_id in store.unsent(older_than_s=settings.job_lock_ttl_s * 3):
+        try:
+            job = store.get(job_id)
+        except JobNotFoundError:
+            job = None
+        if job is not None and job.state is JobState.QUEUED and store.claim_reap(job_id, settings.job_lock_ttl_s * 3):
+            log.warning("job %s: recorded but never sent (its producer died?); sent now", job_id)
+            priority = job.request.get("priority", 5)
+            app.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=settings.queue,
+                          priority=redis_priority(priority))
+            sent.append(job_id)
+        store.mark_sent(job_id)
     return sent
 
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
-from producer import processes
+from producer import keys, processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
+from producer.jobs import JobState, NarrationRequest
 from producer.settings import Settings
 from tests import services
 from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _wait_until
@@ -131,3 +131,19 @@ def test_killing_a_workers_main_process_redelivers_the_job_which_finishes_once(
     assert sum(generations.values()) <= final.progress["chunks_total"] + 1, "at most the chunk in flight is redone"
     finals = [k for k in _keys(settings, job.id) if k.rsplit("/", 1)[-1].startswith("narration")]
     assert finals == [f"narrations/{job.id}/narration.wav"]
+
+
+def test_a_job_whose_producer_died_before_sending_it_is_sent_by_a_reaper(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    # What a producer that crashed between recording the job and sending its message leaves behind.
+    orphan, _ = client.store.create(NarrationRequest.parse({"text": "Nobody sent me."}), settings.queue)
+    sent = client.submit({"text": "I was sent."})
+    assert client.redis.zrange(keys.UNSENT_JOBS_KEY, 0, -1) == [orphan.id.encode()]
+
+    worker = start_worker(settings, extra_env=SLOW)
+    assert client.wait(sent.id, timeout=60).state is JobState.SUCCEEDED
+    final = client.wait(orphan.id, timeout=60)
+    assert final.state is JobState.SUCCEEDED and final.attempts == 1
+    assert f"job {orphan.id}: recorded but never sent" in worker.log()
+    assert client.redis.zcard(keys.UNSENT_JOBS_KEY) == 0
