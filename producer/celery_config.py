@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producer import keys
 from producer.settings import Settings
 
-__all__ = ["celery_config", "redis_priority"]
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["celery_config", "redis_priority", "send_job"]
 
 
 def redis_priority(priority: int) -> int:
     """Our priority runs 0 (lowest) to 9 (most urgent); the Redis transport serves 0 first."""
     return 9 - priority
+
+
+def send_job(app: Celery, job_id: str, queue: str, priority: int | None = None) -> None:
+    """The one narration message a job gets: the task by name, the job id as its only argument and as the task id."""
+    app.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=queue,
+                  priority=None if priority is None else redis_priority(priority))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

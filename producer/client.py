@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from producer import keys
-from producer.celery_config import celery_config, redis_priority
+from producer.celery_config import celery_config, send_job
 from producer.errors import InvalidRequestError, JobNotReadyError, SubmitError
 from producer.jobs import Job, JobState, NarrationRequest
 from producer.settings import Settings, redact_url
@@ -78,8 +78,7 @@ class NarrationClient:
 
     def _enqueue(self, job_id: str, request: NarrationRequest) -> None:
         try:
-            self._celery.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=self.settings.queue,
-                                   priority=redis_priority(request.priority))
+            send_job(self._celery, job_id, self.settings.queue, request.priority)
         except Exception as e:
             where = redact_url(self.settings.redis_url)
             self.store.fail(job_id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")

@@ -12,8 +12,7 @@ import threading
 
 from celery import Celery
 
-from producer import keys
-from producer.celery_config import redis_priority
+from producer.celery_config import send_job
 from producer.errors import JobNotFoundError
 from producer.jobs import JobState
 from producer.settings import Settings
@@ -31,7 +30,7 @@ def reap_once(store: JobStore, app: Celery, settings: Settings) -> list[str]:
         if not store.claim_reap(job_id, hold_s=settings.job_lock_ttl_s * 3):
             continue
         log.warning("job %s: running but its worker is gone (lock expired); re-enqueued", job_id)
-        app.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=settings.queue)
+        send_job(app, job_id, settings.queue)
         sent.append(job_id)
     return sent + send_unsent(store, app, settings)
 
@@ -47,9 +46,7 @@ def send_unsent(store: JobStore, app: Celery, settings: Settings) -> list[str]:
             job = None
         if job is not None and job.state is JobState.QUEUED and store.claim_reap(job_id, settings.job_lock_ttl_s * 3):
             log.warning("job %s: recorded but never sent (its producer died?); sent now", job_id)
-            priority = job.request.get("priority", 5)
-            app.send_task(keys.NARRATE_TASK, args=[job_id], task_id=job_id, queue=settings.queue,
-                          priority=redis_priority(priority))
+            send_job(app, job_id, settings.queue, job.request.get("priority", 5))
             sent.append(job_id)
         store.mark_sent(job_id)
     return sent
