@@ -39,13 +39,14 @@ FRAME_S = 0.08
 WARM_FRAMES = 2
 
 
-def build_full_size() -> tuple[Any, Any]:
+def build_full_size(config: Any = None) -> tuple[Any, Any]:
+    """A processor and a random-weight CsmForConditionalGeneration of `config` (default: CSM-1B's architecture)."""
     from transformers import CsmConfig, CsmForConditionalGeneration, CsmProcessor, EncodecFeatureExtractor
     from transformers.modeling_utils import no_init_weights
 
     torch.manual_seed(0)
     with no_init_weights():
-        model = CsmForConditionalGeneration(CsmConfig())
+        model = CsmForConditionalGeneration(config or CsmConfig())
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.02)

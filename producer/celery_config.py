@@ -50,7 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.job_time_limit_s,
-        "task_soft_time_limit": max(settings.job_time_limit_s - 60, settings.job_time_limit_s // 2),
+        "task_soft_time_limit": settings.soft_time_limit_s,
         "task_default_queue": settings.queue,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -32,8 +32,11 @@ class Settings(BaseSettings):
     allow_placeholder: bool = True
     placeholder_rtf: float = Field(default=0.0, ge=0.0)
     max_chunk_chars: int = Field(default=300, ge=40, le=400)
-    # Chunks of a job generated together (one voice anchor as their shared context); see bench/generation.py.
+    # Texts generated together: a job's chunks after its voice anchor and, in a worker running several jobs at once
+    # (`--pool threads --concurrency N`), other jobs' chunks; see bench/generation.py and bench/crossjob.py.
     batch_size: int = Field(default=32, ge=1, le=256)
+    # How long a batch that is not full waits for other running jobs to join it (threads pool only).
+    batch_wait_ms: float = Field(default=50.0, ge=0.0, le=10_000.0)
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None
@@ -62,6 +65,11 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()):
             raise ValueError("ECHOFORGE_DEVICE must be auto, cpu, cuda or cuda:N")
         return value
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """When a job is stopped as `timeout`: a minute before the hard limit, at which its process is killed."""
+        return max(self.job_time_limit_s - 60, self.job_time_limit_s // 2)
 
     @property
     def broker_visibility_timeout_s(self) -> int:

@@ -156,11 +156,15 @@ class S3Storage:
             Bucket=self.bucket, Key=key, Body=data, ContentType=content_type))
 
     def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
         def read() -> bytes | None:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                return None
+            except ClientError as e:  # by code: `client.exceptions.NoSuchKey` is built lazily, racily across threads
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
 
         return self._retrying(f"download of {self.url_for(key)}", read)
 

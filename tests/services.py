@@ -96,12 +96,13 @@ class Worker:
 
 
 def start_worker(settings: Settings, log_dir: Path, name: str | None = None,
-                 extra_env: dict[str, str] | None = None, timeout: float = 60) -> Worker:
-    """A real `celery -A worker.app worker` (prefork, one child), returned once it is ready."""
+                 extra_env: dict[str, str] | None = None, timeout: float = 60, pool: str = "prefork",
+                 concurrency: int = 1) -> Worker:
+    """A real `celery -A worker.app worker` (by default prefork with one child), returned once it is ready."""
     name = name or f"w{uuid.uuid4().hex[:6]}"
     env = {**settings_env(settings), **(extra_env or {})}
     log_path = log_dir / f"worker-{name}.log"
-    args = processes.celery_command("worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+    args = processes.celery_command("worker", "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO",
                                     "--hostname", f"{name}@%h", "--queues", settings.queue,
                                     "--without-mingle", "--without-gossip")
     proc = processes.start(args, log_path, env)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from producer.errors import StorageError
 from producer.jobs import JobState, NarrationRequest
@@ -55,7 +58,11 @@ def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
     if rt.model is None:
         raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
 
+    deadline = time.monotonic() + rt.settings.soft_time_limit_s
+
     def report(progress: dict[str, Any]) -> Verdict:
+        if time.monotonic() > deadline:  # Celery's own soft limit does not reach the threads pool
+            raise SoftTimeLimitExceeded(f"the job ran past its soft time limit of {rt.settings.soft_time_limit_s} s")
         metrics.observe_progress(job_id, progress)
         current = rt.store.progress(job_id, **progress)
         return "stop" if current is None else "cancel" if current.cancel_requested else "go"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any
 
 from celery import Task
@@ -20,7 +21,7 @@ from celery.signals import (
 
 from producer import keys
 from worker import metrics
-from worker.runtime import get_runtime
+from worker.runtime import get_runtime, share_model_between
 
 __all__: list[str] = []
 
@@ -36,8 +37,7 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     start_reaper(app, settings, store)
 
 
-@worker_process_init.connect
-def _load_model_in_child(**_: Any) -> None:
+def _load_model() -> None:
     from worker.app import settings
 
     metrics.model_ready(get_runtime(settings).model_info)
@@ -45,12 +45,43 @@ def _load_model_in_child(**_: Any) -> None:
     gc.freeze()
 
 
+@worker_process_init.connect
+def _load_model_in_child(**_: Any) -> None:
+    _load_model()
+
+
+def _threads_pool(worker: Any) -> bool:
+    from celery.concurrency import get_implementation
+
+    pool = getattr(worker, "pool_cls", None)
+    pool = get_implementation(pool) if isinstance(pool, str) else pool
+    return getattr(pool, "__module__", "") == "celery.concurrency.thread"
+
+
+def _concurrency(worker: Any) -> int:
+    try:
+        return max(1, int(worker.concurrency))
+    except (AttributeError, TypeError, ValueError):  # "auto" is resolved later; batching then stays off
+        return 1
+
+
 @worker_init.connect
 def _start_metrics(sender: Any = None, **_: Any) -> None:
-    """In the main process, before the pool forks: the multiprocess metrics directory and /metrics."""
+    """In the main process, before the pool forks: the multiprocess metrics directory and /metrics. Under the
+    threads pool the jobs run in this process and share one model (loaded once the worker is ready)."""
     from worker.app import settings
 
     metrics.start_server(settings, getattr(sender, "hostname", None) or "worker")
+    if _threads_pool(sender):
+        share_model_between(_concurrency(sender))
+
+
+@worker_ready.connect
+def _load_model_in_threads_pool(sender: Any = None, **_: Any) -> None:
+    """Threads pool: load now, in the background (tasks that arrive meanwhile wait for it in get_runtime)."""
+    worker = getattr(sender, "controller", sender)
+    if _threads_pool(worker):
+        threading.Thread(target=_load_model, name="echoforge-model-load", daemon=True).start()
 
 
 @worker_shutdown.connect

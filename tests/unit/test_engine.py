@@ -1,13 +1,17 @@
-"""CsmEngine on the tiny random CSM checkpoint: batching changes nothing but speed."""
+"""CsmEngine on the tiny random CSM checkpoint: batching (within a job or across jobs) changes nothing but speed."""
 
 from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 from tests.csm_checkpoint import build_tiny_checkpoint
-from worker.models import CSMModel, PlaceholderCSMModel, Segment
+from worker.batcher import BatchingModel
+from worker.models import CSMModel, CSMModelError, PlaceholderCSMModel, Segment, SpeechRequest
 from worker.models.csm_model import _to_24k_mono, undecodable_codes
 from worker.models.engine import Sampling
 
@@ -62,6 +66,55 @@ def test_a_seeded_row_draws_the_same_codes_alone_or_in_a_batch(model: CSMModel) 
     together = _codes(model, TEXTS, [10, 10, 10], seeded, ANCHOR)
     assert torch.equal(alone, together[0])
     assert not torch.equal(together[0], _codes(model, TEXTS[:1], [10], [Sampling(0.9, 20, 10)], ANCHOR)[0])
+
+
+def test_rows_after_different_prefixes_decode_as_they_would_alone(model: CSMModel) -> None:
+    """Several jobs in one batch: each row after its own voice anchor (or none), with anchors of different lengths."""
+    assert model.engine is not None
+    other = [Segment(2, "A second, longer voice prompt for another job.", REFERENCE[:12_000], 16_000)]
+    contexts = [ANCHOR, None, other, ANCHOR]
+    texts, caps = [*TEXTS, "Hi."], [9, 4, 7, 6]
+    prefixes = [model._prefix(c or [])[0] for c in contexts]
+    prompts = [model.engine.embed_prompt(model._turn_ids(t, 0)) for t in texts]
+    seeded = [Sampling(0.9, 20, seed) for seed in (3, 4, 5, 6)]
+    together = model.engine.generate_rows(prefixes, prompts, caps, [GREEDY, GREEDY, *seeded[2:]])
+    for i, (text, cap, context) in enumerate(zip(texts, caps, contexts, strict=True)):
+        alone = _codes(model, [text], [cap], [[GREEDY, GREEDY, *seeded[2:]][i]], context)[0]
+        assert torch.equal(alone, together[i]), f"row {i}"
+
+
+def test_requests_of_several_jobs_generate_what_each_would_alone(model: CSMModel) -> None:
+    first = SpeechRequest(TEXTS[:2], speaker_id=0, context=ANCHOR, seeds=[1, 2], max_audio_length_ms=640)
+    second = SpeechRequest(TEXTS[2:], speaker_id=3, temperature=0.7, top_k=5, seeds=[9], max_audio_length_ms=640)
+    together = model.generate_requests([first, second])
+    assert [len(group) for group in together] == [2, 1]
+    for request, group in zip([first, second], together, strict=True):
+        alone = model.generate_requests([request])[0]
+        for a, b in zip(alone, group, strict=True):
+            assert np.allclose(a.audio, b.audio, atol=1e-5) and a.stats == b.stats
+
+
+def test_concurrent_jobs_share_batches_and_a_bad_request_fails_alone(
+        model: CSMModel, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "batch_size", 8)
+    shared = BatchingModel(model, slots=3, wait_s=30.0)  # three job slots: a batch goes once all three wait
+    requests = [SpeechRequest([text], speaker_id=0, context=ANCHOR, seeds=[i], max_audio_length_ms=480)
+                for i, text in enumerate(TEXTS)]
+    too_long = SpeechRequest(["word " * 2000], speaker_id=0, seeds=[1])  # more than the model's positions
+    with caplog.at_level(logging.INFO, logger="worker.batcher"), ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(shared.generate_requests, [r]) for r in requests]
+        results = [f.result(timeout=120) for f in futures]
+        doomed = [pool.submit(shared.generate_requests, [r]) for r in (requests[0], too_long, requests[1])]
+        with pytest.raises(CSMModelError, match="positions"):
+            doomed[1].result(timeout=120)
+        survivors = [doomed[0].result(timeout=120), doomed[2].result(timeout=120)]
+    assert "generated 3 texts of 3 jobs together" in caplog.text, "three waiting jobs share one batch"
+    assert "running each job's requests alone" in caplog.text
+    for request, [[got]] in zip(requests, results, strict=True):
+        [[expected]] = model.generate_requests([request])
+        assert np.allclose(expected.audio, got.audio, atol=1e-5)
+    for survivor, earlier in zip(survivors, results, strict=False):
+        assert np.allclose(survivor[0][0].audio, earlier[0][0].audio, atol=1e-5)
 
 
 def test_sampling_never_picks_ids_the_codec_cannot_decode(model: CSMModel) -> None:

@@ -4,7 +4,7 @@ The API of the original EchoForge model package: create_csm_model, CSMModel, Pla
 CSMModelError tree. torch and transformers are imported only when a CSM model is created.
 """
 
-from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel
+from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest
 from worker.models.csm_model import CSMModel
 from worker.models.errors import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 from worker.models.factory import create_csm_model
@@ -20,5 +20,6 @@ __all__ = [
     "PlaceholderCSMModel",
     "Segment",
     "SpeechModel",
+    "SpeechRequest",
     "create_csm_model",
 ]

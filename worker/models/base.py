@@ -10,7 +10,7 @@ import numpy as np
 
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel"]
+__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel", "SpeechRequest"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 
@@ -32,6 +32,19 @@ class Generated:
     audio: np.ndarray
     sample_rate: int
     stats: Any = None
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """Several texts in one voice and context (one job's batch); seeds[i] makes text i repeatable on its own."""
+
+    texts: list[str]
+    speaker_id: int = 1
+    temperature: float = 0.9
+    top_k: int = 50
+    context: list[Segment] | None = None
+    seeds: list[int | None] | None = None
+    max_audio_length_ms: float | None = None
 
 
 class SpeechModel:
@@ -66,14 +79,22 @@ class SpeechModel:
         seeds: list[int | None] | None = None,
         max_audio_length_ms: float | None = None,
     ) -> list[Generated]:
-        """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
+        """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own."""
+        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms)
+        return self.generate_requests([request])[0]
 
-        This default generates them one by one; CSMModel decodes them together.
+    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
+        """Speech for the texts of several requests (several jobs' voices); one list of results per request.
+
+        This default generates them one by one; CSMModel decodes them all together.
         """
-        results = []
-        for text, seed in zip(texts, seeds or [None] * len(texts), strict=True):
-            audio, rate = self.generate_speech(text, speaker_id, temperature, top_k, context, max_audio_length_ms, seed)
-            results.append(Generated(audio, rate, self.last_generation))
+        results: list[list[Generated]] = []
+        for r in requests:
+            results.append([])
+            for text, seed in zip(r.texts, r.seeds or [None] * len(r.texts), strict=True):
+                audio, rate = self.generate_speech(text, r.speaker_id, r.temperature, r.top_k, r.context,
+                                                   r.max_audio_length_ms, seed)
+                results[-1].append(Generated(audio, rate, self.last_generation))
         return results
 
     fallback_reason: str | None = None

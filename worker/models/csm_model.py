@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.audio import trim_trailing_silence
-from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel
+from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
@@ -29,6 +29,7 @@ SAMPLES_PER_FRAME = 1920  # one Mimi frame = 80 ms at 24 kHz
 FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME
 SLOWEST_CHARS_PER_SECOND = 6.0  # normal narration runs ~15; anything slower than this is runaway generation
 EXTRA_SECONDS = 2.0
+PREFIX_CACHE_SIZE = 64  # voice anchors kept encoded: more than the jobs one worker batches together
 
 
 def frame_budget(text: str, max_audio_length_ms: float | None = None) -> int:
@@ -51,6 +52,25 @@ class GenerationStats:
     frames: int  # frames generated before the end frame (or the cap)
     frame_cap: int
     trimmed_samples: int  # silent tail removed
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One text as the engine decodes it."""
+
+    prefix: Any  # embeddings [P, H] of its request's context, or None
+    prompt: Any  # embeddings [S, H] of its own turn
+    cap: int
+    sampling: Any  # engine.Sampling
+    context_frames: int
+
+
+def _generated(row: _Row, wave: np.ndarray, frames: int) -> Generated:
+    trimmed = trim_trailing_silence(wave, SAMPLE_RATE)
+    prefix_len = 0 if row.prefix is None else len(row.prefix)
+    stats = GenerationStats(prefix_len + len(row.prompt), row.context_frames, frames, row.cap,
+                            len(wave) - len(trimmed))
+    return Generated(trimmed, SAMPLE_RATE, stats)
 
 
 class CSMModel(SpeechModel):
@@ -95,7 +115,7 @@ class CSMModel(SpeechModel):
         self.engine: CsmEngine | None = CsmEngine(self.model)
         self.max_positions = int(self.model.config.max_position_embeddings)
         self.last_generation: GenerationStats | None = None
-        self._prefix_cache: tuple[Any, Any, int] | None = None
+        self._prefix_cache: dict[str, tuple[Any, int]] = {}
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
@@ -115,45 +135,46 @@ class CSMModel(SpeechModel):
         [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
         return result.audio, result.sample_rate
 
-    def generate_batch(
-        self,
-        texts: list[str],
-        speaker_id: int = 1,
-        temperature: float = 0.9,
-        top_k: int = 50,
-        context: list[Segment] | None = None,
-        seeds: list[int | None] | None = None,
-        max_audio_length_ms: float | None = None,
-    ) -> list[Generated]:
-        """Speech for each text, all decoded together after one shared context (top_k 1 is greedy).
+    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
+        """Speech for the texts of every request, all decoded together, each after its own request's context
+        (several jobs' voices in one batch). Top_k 1 is greedy.
 
         seeds[i] seeds text i's own sampler: its draw does not depend on which texts share the batch.
         """
         import torch
 
-        from worker.models.engine import Sampling
-
         if self.engine is None:
             raise CSMModelError("the model was cleaned up")
-        prefix, context_frames = self._prefix(context or [])
-        prefix_len = 0 if prefix is None else len(prefix)
-        prompts = [self.engine.embed_prompt(self._turn_ids(text, speaker_id)) for text in texts]
-        caps = [self._cap(text, prefix_len + len(prompt), max_audio_length_ms) for text, prompt in zip(
-            texts, prompts, strict=True)]
-        sampling = [Sampling(temperature, top_k, seed) for seed in seeds or [None] * len(texts)]
+        rows = [self._rows(r) for r in requests]
+        flat = [row for group in rows for row in group]
         try:
-            codes = self.engine.generate(prefix, prompts, caps, sampling)
+            codes = self.engine.generate_rows([r.prefix for r in flat], [r.prompt for r in flat],
+                                              [r.cap for r in flat], [r.sampling for r in flat])
             waves = [self.engine.decode(c).numpy().astype(np.float32) for c in codes]
         except torch.OutOfMemoryError as e:
-            raise CSMModelError(f"out of memory generating {len(texts)} texts on {self.device}") from e
-        results = []
-        for wave, frames, prompt, cap in zip(waves, codes, prompts, caps, strict=True):
-            trimmed = trim_trailing_silence(wave, SAMPLE_RATE)
-            stats = GenerationStats(prefix_len + len(prompt), context_frames, len(frames), cap,
-                                    len(wave) - len(trimmed))
-            results.append(Generated(trimmed, SAMPLE_RATE, stats))
+            raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
+        results = [_generated(row, wave, len(frames)) for row, wave, frames in zip(flat, waves, codes, strict=True)]
         self.last_generation = results[-1].stats
-        return results
+        grouped, start = [], 0
+        for group in rows:
+            grouped.append(results[start: start + len(group)])
+            start += len(group)
+        return grouped
+
+    def _rows(self, request: SpeechRequest) -> list[_Row]:
+        """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""
+        from worker.models.engine import Sampling
+
+        assert self.engine is not None
+        prefix, context_frames = self._prefix(request.context or [])
+        prefix_len = 0 if prefix is None else len(prefix)
+        rows = []
+        for text, seed in zip(request.texts, request.seeds or [None] * len(request.texts), strict=True):
+            prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
+            cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
+            rows.append(_Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
+                             context_frames))
+        return rows
 
     def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:
         cap = min(frame_budget(text, max_audio_length_ms), self.max_positions - prompt_tokens)
@@ -170,15 +191,18 @@ class CSMModel(SpeechModel):
         return self.processor(text=self._turn(speaker_id, text), return_tensors="pt")["input_ids"][0]
 
     def _prefix(self, context: list[Segment]) -> tuple[Any, int]:
-        """(embeddings [P, H] of the context turns with their audio, audio frames); the last one is cached, so a
-        job's voice anchor goes through the codec once, not once per chunk."""
+        """(embeddings [P, H] of the context turns with their audio, audio frames); the last few are cached, so a
+        job's voice anchor goes through the codec once, not once per chunk, and jobs sharing the worker share the
+        cache. Requests with the same context get the same tensor (the engine prefills it once)."""
         if not context:
             return None, 0
         audio = [_to_24k_mono(s) for s in context]
         key = [(s.speaker, s.text, hashlib.sha256(a.tobytes()).hexdigest())
                for s, a in zip(context, audio, strict=True)]
-        if self._prefix_cache is not None and self._prefix_cache[0] == key:
-            return self._prefix_cache[1:]
+        cache_key = repr(key)
+        if cache_key in self._prefix_cache:
+            self._prefix_cache[cache_key] = self._prefix_cache.pop(cache_key)  # most recently used last
+            return self._prefix_cache[cache_key]
         import torch
 
         assert self.engine is not None
@@ -188,8 +212,10 @@ class CSMModel(SpeechModel):
         values, cutoffs = inputs["input_values"][0, 0], [int(c) for c in inputs["input_values_cutoffs"][0] if c >= 0]
         bounds = zip([0, *cutoffs[:-1]], cutoffs, strict=True)
         codes = torch.cat([self.engine.encode_audio(values[a:b]) for a, b in bounds])
-        self._prefix_cache = (key, self.engine.embed_prompt(inputs["input_ids"][0], codes), len(codes))
-        return self._prefix_cache[1:]
+        self._prefix_cache[cache_key] = (self.engine.embed_prompt(inputs["input_ids"][0], codes), len(codes))
+        while len(self._prefix_cache) > PREFIX_CACHE_SIZE:
+            self._prefix_cache.pop(next(iter(self._prefix_cache)))
+        return self._prefix_cache[cache_key]
 
     def cleanup(self) -> None:
         """Drop the weights and give GPU memory back to the driver."""
@@ -197,7 +223,7 @@ class CSMModel(SpeechModel):
 
         self.model = None
         self.engine = None
-        self._prefix_cache = None
+        self._prefix_cache = {}
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

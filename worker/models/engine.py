@@ -2,9 +2,10 @@
 
 It runs the modules of a transformers `CsmForConditionalGeneration` layer by layer instead of `generate`:
 
-- a batch of prompts that share a prefix (the job's voice anchor): the prefix is prefilled once and its K/V copied
-  into every row; the rest of each prompt is left-padded *after* the prefix, and position ids skip the padding, so a
-  row sees exactly the positions and keys it would see alone;
+- a batch of prompts, each after a prefix (its job's voice anchor) that it may share with other rows: each distinct
+  prefix is prefilled once and its K/V copied into its rows (left-aligned, slots past its length masked); the rest of
+  each prompt is left-padded *after* the prefix area, and position ids skip the padding, so a row sees exactly the
+  positions and keys it would see alone, whichever jobs share its batch;
 - a static K/V cache per layer ([batch, kv heads, slots, head dim]) for the backbone and a 32-slot one for the depth
   decoder, overwritten every frame;
 - one backbone step and 31 depth-decoder steps per 80 ms frame, sampling with temperature / top-k by the exponential
@@ -178,17 +179,23 @@ class CsmEngine:
 
     # ---- decoding ------------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(self, prefix: torch.Tensor | None, prompts: list[torch.Tensor], caps: list[int],
                  sampling: list[Sampling]) -> list[torch.Tensor]:
-        """Codes [frames_i, codebooks] (int64, on the device) for each prompt [S_i, H] after the shared `prefix`.
+        """generate_rows with one `prefix` shared by every row."""
+        return self.generate_rows([prefix] * len(prompts), prompts, caps, sampling)
+
+    @torch.inference_mode()
+    def generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
+                      sampling: list[Sampling]) -> list[torch.Tensor]:
+        """Codes [frames_i, codebooks] (int64, on the device) for each prompt [S_i, H] after its prefix [P_i, H]
+        (None: no prefix). Rows that share a prefix tensor share its prefill.
 
         Each row stops at its end frame (excluded) or after caps[i] frames.
         """
-        prefix_len, width, caps = 0 if prefix is None else len(prefix), max(len(p) for p in prompts), list(caps)
-        batch = self._start(prompts, prefix_len, width, max(caps), sampling)
-        if prefix is not None and prefix_len:
-            self._prefill_prefix(prefix)
+        lengths = [0 if p is None else len(p) for p in prefixes]
+        prefix_len, width, caps = max(lengths), max(len(p) for p in prompts), list(caps)
+        batch = self._start(prompts, lengths, width, max(caps), sampling)
+        self._prefill_prefixes(prefixes)
         hidden = self._prefill(prompts, prefix_len, width, batch.valid)
         self.kmax = max(1 if s.greedy else min(s.top_k, self.vocab) for s in sampling)
         out = torch.zeros(len(prompts), max(caps), self.codebooks, dtype=torch.long, device=self.device)
@@ -216,14 +223,16 @@ class CsmEngine:
             batch.positions, slot = batch.positions + 1, slot + 1
         return [out[row, : frames[row]] for row in range(len(prompts))]
 
-    def _start(self, prompts: list[torch.Tensor], prefix_len: int, width: int, cap: int,
+    def _start(self, prompts: list[torch.Tensor], lengths: list[int], width: int, cap: int,
                sampling: list[Sampling]) -> _Batch:
+        prefix_len = max(lengths)
         self.backbone.allocate(len(prompts), prefix_len + width + cap)
         valid = torch.zeros(len(prompts), prefix_len + width + cap, dtype=torch.bool, device=self.device)
-        valid[:, :prefix_len] = True
-        for row, prompt in enumerate(prompts):
+        for row, (prompt, length) in enumerate(zip(prompts, lengths, strict=True)):
+            valid[row, :length] = True
             valid[row, prefix_len + width - len(prompt): prefix_len + width] = True
-        positions = torch.tensor([prefix_len + len(p) for p in prompts], device=self.device)
+        positions = torch.tensor([length + len(p) for p, length in zip(prompts, lengths, strict=True)],
+                                 device=self.device)
         scale = torch.tensor([1.0 if s.greedy else 1.0 / s.temperature for s in sampling], device=self.device)
         kth = torch.tensor([0 if s.greedy else min(s.top_k, self.vocab) - 1 for s in sampling], device=self.device)
         return _Batch(list(range(len(prompts))), [self._generator(s) for s in sampling], valid, positions,
@@ -238,14 +247,22 @@ class CsmEngine:
         """Drop finished rows once enough have finished (not under CUDA graphs, which are captured per batch size)."""
         return not self.use_cuda_graphs and live <= batch * (1 - COMPACT_FRACTION)
 
-    def _prefill_prefix(self, prefix: torch.Tensor) -> None:
-        """The shared prefix once, at batch 1; its K/V are then copied into every row."""
+    def _prefill_prefixes(self, prefixes: list[torch.Tensor | None]) -> None:
+        """Each distinct prefix once, at batch 1; its K/V are then copied into the rows it leads."""
         rows_k, rows_v = self.backbone.k, self.backbone.v
-        length = len(prefix)
-        self.backbone.allocate(1, length)
-        self.backbone.forward(prefix.to(self.dtype)[None], torch.arange(length, device=self.device)[None], 0, None)
-        rows_k[:, :, :, :length] = self.backbone.k
-        rows_v[:, :, :, :length] = self.backbone.v
+        rows_of: dict[int, list[int]] = {}
+        for row, prefix in enumerate(prefixes):
+            if prefix is not None and len(prefix):
+                rows_of.setdefault(id(prefix), []).append(row)
+        for rows in rows_of.values():
+            prefix = prefixes[rows[0]]
+            assert prefix is not None
+            length = len(prefix)
+            self.backbone.allocate(1, length)
+            self.backbone.forward(prefix.to(self.dtype)[None], torch.arange(length, device=self.device)[None], 0, None)
+            index = torch.tensor(rows, device=self.device)
+            rows_k[:, index, :, :length] = self.backbone.k
+            rows_v[:, index, :, :length] = self.backbone.v
         self.backbone.k, self.backbone.v = rows_k, rows_v
 
     def _prefill(self, prompts: list[torch.Tensor], prefix_len: int, width: int, valid: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""Cross-job batching: the jobs one worker process runs at once (threads pool) share its model and its batches.
+
+Each job's pipeline calls generate_batch as usual, from its own thread; BatchingModel hands the request to one
+generation thread, which decodes the requests of every job waiting at that moment in one engine call (up to
+`batch_size` texts, the first request always whole). Like a dynamic batcher's queue delay, it waits at most
+`wait_s` for more jobs to join a batch that is not full, and not at all once every job slot is waiting.
+A request that fails inside a shared batch is run again on its own, so one job's bad input fails only that job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker.models import Generated, Segment, SpeechModel, SpeechRequest
+
+__all__ = ["BatchingModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiting:
+    requests: list[SpeechRequest]
+    result: Future[list[list[Generated]]] = field(default_factory=Future)
+
+    @property
+    def texts(self) -> int:
+        return sum(len(r.texts) for r in self.requests)
+
+
+class BatchingModel(SpeechModel):
+    """`model` behind one generation thread that batches the requests of concurrent jobs together."""
+
+    def __init__(self, model: SpeechModel, slots: int, wait_s: float) -> None:
+        self.inner, self.slots, self.wait_s = model, slots, wait_s
+        self.kind, self.model_id, self.revision = model.kind, model.model_id, model.revision
+        self.device, self.batch_size, self.fallback_reason = model.device, model.batch_size, model.fallback_reason
+        self._queue: deque[_Waiting] = deque()
+        self._ready = threading.Condition()
+        threading.Thread(target=self._serve, name="echoforge-batcher", daemon=True).start()
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def generate_speech(self, text: str, speaker_id: int = 1, temperature: float = 0.9, top_k: int = 50,
+                        context: list[Segment] | None = None, max_audio_length_ms: float | None = None,
+                        seed: int | None = None) -> tuple[np.ndarray, int]:
+        [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
+        self.last_generation = result.stats
+        return result.audio, result.sample_rate
+
+    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
+        """Blocks this job's thread until the batch its requests joined has been decoded."""
+        waiting = _Waiting(list(requests))
+        with self._ready:
+            self._queue.append(waiting)
+            self._ready.notify_all()
+        return waiting.result.result()
+
+    def cleanup(self) -> None:
+        self.inner.cleanup()
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._next_batch()
+            texts = sum(w.texts for w in batch)
+            started = time.perf_counter()
+            self._run(batch)
+            log.info("generated %d texts of %d jobs together in %.2f s", texts, len(batch),
+                     time.perf_counter() - started)
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The waiting requests, oldest first, up to batch_size texts (the first whole), once full or waited for."""
+        with self._ready:
+            self._ready.wait_for(lambda: bool(self._queue))
+            deadline = time.monotonic() + self.wait_s
+            while (sum(w.texts for w in self._queue) < self.batch_size and len(self._queue) < self.slots
+                   and (left := deadline - time.monotonic()) > 0):
+                self._ready.wait(left)
+            batch = [self._queue.popleft()]
+            texts = batch[0].texts
+            while self._queue and texts + self._queue[0].texts <= self.batch_size:
+                texts += self._queue[0].texts
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            results = self.inner.generate_requests([r for w in batch for r in w.requests])
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].result.set_exception(e)
+                return
+            log.warning("a batch of %d jobs failed (%s); running each job's requests alone", len(batch), e)
+            for waiting in batch:
+                self._run([waiting])
+            return
+        start = 0
+        for waiting in batch:
+            waiting.result.set_result(results[start: start + len(waiting.requests)])
+            start += len(waiting.requests)
