@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from producer import keys
 from producer.celery_config import redis_priority
@@ -55,11 +56,12 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])  # Celery enforces it in prefork; the pipeline in threads
 def test_a_job_over_its_time_limit_fails_with_timeout(
-    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], pool: str
 ) -> None:
     # A 10 s hard limit puts the soft limit (which ends the job cleanly) at 5 s; the chapter needs about 9 s here.
-    start_worker(settings, extra_env={**SLOW, "ECHOFORGE_JOB_TIME_LIMIT_S": "10"})
+    start_worker(settings, pool=pool, extra_env={**SLOW, "ECHOFORGE_JOB_TIME_LIMIT_S": "10"})
     final = client.wait(client.submit({"text": CHAPTER}).id, timeout=60)
     assert final.state is JobState.FAILED and final.error is not None
     assert final.error["code"] == "timeout"
