@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -24,6 +25,7 @@ __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+MAX_CONNECTIONS = 50  # the HTTP pool of one client: several jobs at once (threads pool), each uploading in parallel
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -123,16 +125,21 @@ class S3Storage:
         self.endpoint_url = endpoint_url
         self.retry_s = retry_s
         self._client: Any = None
+        self._client_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        """One client, built on first use; shared by the jobs of a threads-pool worker (clients are thread-safe,
+        building one from the default session is not)."""
+        with self._client_lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
 
-            config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
-        return self._client
+                config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+                                read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
+                self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+            return self._client
 
     def key_for(self, job_id: str, name: str) -> str:
         return _join(self.prefix, job_id, name)

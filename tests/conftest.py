@@ -13,8 +13,15 @@ from producer import processes
 from producer.client import NarrationClient
 from producer.settings import Settings
 from tests import services
+from tests.csm_checkpoint import build_tiny_checkpoint
 
 services.use_test_environment()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random CSM checkpoint (tests/csm_checkpoint.py), saved once per session; never modify it."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
 
 
 @pytest.fixture(scope="session")

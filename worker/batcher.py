@@ -2,9 +2,10 @@
 
 Each job's pipeline calls generate_batch as usual, from its own thread; BatchingModel hands the request to one
 generation thread, which decodes the requests of every job waiting at that moment in one engine call (up to
-`batch_size` texts, the first request always whole). Like a dynamic batcher's queue delay, it waits at most
-`wait_s` for more jobs to join a batch that is not full, and not at all once every job slot is waiting.
-A request that fails inside a shared batch is run again on its own, so one job's bad input fails only that job.
+`batch_size` texts, the first request always whole). Like a dynamic batcher's queue delay, a batch that is not full
+waits for the other running jobs at most `wait_s` after its oldest request arrived, and not at all once every
+running job is waiting. A request that fails inside a shared batch is run again on its own, so one job's bad input
+fails only that job. Should the generation thread itself die, every waiting and later request fails at once.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from worker.models import Generated, Segment, SpeechModel, SpeechRequest
+from worker.models import CSMModelError, Generated, Segment, SpeechModel, SpeechRequest
+from worker.models.base import split_by
 
 __all__ = ["BatchingModel"]
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Waiting:
     requests: list[SpeechRequest]
+    arrived: float = field(default_factory=time.monotonic)
     result: Future[list[list[Generated]]] = field(default_factory=Future)
 
     @property
@@ -39,28 +44,42 @@ class _Waiting:
 class BatchingModel(SpeechModel):
     """`model` behind one generation thread that batches the requests of concurrent jobs together."""
 
-    def __init__(self, model: SpeechModel, slots: int, wait_s: float) -> None:
-        self.inner, self.slots, self.wait_s = model, slots, wait_s
+    def __init__(self, model: SpeechModel, wait_s: float) -> None:
+        self.inner, self.wait_s = model, wait_s
         self.kind, self.model_id, self.revision = model.kind, model.model_id, model.revision
         self.device, self.batch_size, self.fallback_reason = model.device, model.batch_size, model.fallback_reason
         self._queue: deque[_Waiting] = deque()
         self._ready = threading.Condition()
+        self._jobs = 0  # jobs holding serving_job()
+        self._broken: str | None = None
         threading.Thread(target=self._serve, name="echoforge-batcher", daemon=True).start()
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    @contextmanager
+    def serving_job(self) -> Iterator[None]:
+        with self._ready:
+            self._jobs += 1
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._jobs -= 1
+                self._ready.notify_all()
+
     def generate_speech(self, text: str, speaker_id: int = 1, temperature: float = 0.9, top_k: int = 50,
                         context: list[Segment] | None = None, max_audio_length_ms: float | None = None,
                         seed: int | None = None) -> tuple[np.ndarray, int]:
         [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
-        self.last_generation = result.stats
         return result.audio, result.sample_rate
 
     def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
         """Blocks this job's thread until the batch its requests joined has been decoded."""
         waiting = _Waiting(list(requests))
         with self._ready:
+            if self._broken is not None:
+                raise CSMModelError(f"this worker's generation thread stopped: {self._broken}")
             self._queue.append(waiting)
             self._ready.notify_all()
         return waiting.result.result()
@@ -69,20 +88,26 @@ class BatchingModel(SpeechModel):
         self.inner.cleanup()
 
     def _serve(self) -> None:
-        while True:
-            batch = self._next_batch()
-            texts = sum(w.texts for w in batch)
-            started = time.perf_counter()
-            self._run(batch)
-            log.info("generated %d texts of %d jobs together in %.2f s", texts, len(batch),
-                     time.perf_counter() - started)
+        try:
+            while True:
+                batch = self._next_batch()
+                started = time.perf_counter()
+                self._run(batch)
+                log.info("generated %d texts of %d jobs together in %.2f s", sum(w.texts for w in batch), len(batch),
+                         time.perf_counter() - started)
+        except BaseException as e:  # never leave a job thread waiting for a batch that will not come
+            log.exception("the generation thread stopped; jobs on this worker will fail")
+            with self._ready:
+                self._broken = f"{type(e).__name__}: {e}"
+                while self._queue:
+                    self._queue.popleft().result.set_exception(CSMModelError(self._broken))
 
     def _next_batch(self) -> list[_Waiting]:
         """The waiting requests, oldest first, up to batch_size texts (the first whole), once full or waited for."""
         with self._ready:
             self._ready.wait_for(lambda: bool(self._queue))
-            deadline = time.monotonic() + self.wait_s
-            while (sum(w.texts for w in self._queue) < self.batch_size and len(self._queue) < self.slots
+            deadline = self._queue[0].arrived + self.wait_s
+            while (sum(w.texts for w in self._queue) < self.batch_size and len(self._queue) < self._jobs
                    and (left := deadline - time.monotonic()) > 0):
                 self._ready.wait(left)
             batch = [self._queue.popleft()]
@@ -103,7 +128,5 @@ class BatchingModel(SpeechModel):
             for waiting in batch:
                 self._run([waiting])
             return
-        start = 0
-        for waiting in batch:
-            waiting.result.set_result(results[start: start + len(waiting.requests)])
-            start += len(waiting.requests)
+        for waiting, group in zip(batch, split_by(results, [len(w.requests) for w in batch]), strict=True):
+            waiting.result.set_result(group)

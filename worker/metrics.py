@@ -85,7 +85,7 @@ class _Run:
 
 
 _metrics: _Metrics | None = None
-_run: _Run | None = None
+_runs: dict[str, _Run] = {}  # the jobs this process runs (several under the threads pool)
 _server: Any = None
 _dir: Path | None = None
 
@@ -143,13 +143,12 @@ def model_ready(info: dict[str, Any]) -> None:
 
 def job_starting(job_id: str, client: redis.Redis) -> None:
     """task_prerun: the job's state before this run, and its queue wait when this is its first start."""
-    global _run
     if _metrics is None:
         return
     state, created, attempts = _fields(client, job_id, "state", "created_at", "attempts")
     now = time.time()
-    _run = _Run(job_id, now, time.monotonic(), state)
-    _run.mark = (_run.mono, 0, 0.0)
+    run = _runs[job_id] = _Run(job_id, now, time.monotonic(), state)
+    run.mark = (run.mono, 0, 0.0)
     _metrics.starts.inc()
     _metrics.in_progress.inc()
     if state == JobState.QUEUED.value and created:
@@ -160,10 +159,11 @@ def job_starting(job_id: str, client: redis.Redis) -> None:
 
 def observe_progress(job_id: str, progress: dict[str, Any]) -> None:
     """After every stored chunk (the pipeline's progress hook): chunks, audio and wall time of this run."""
-    if _metrics is None or _run is None or _run.job_id != job_id:
+    run = _runs.get(job_id)
+    if _metrics is None or run is None:
         return
     try:
-        _observe_chunk(_metrics, _run, progress)
+        _observe_chunk(_metrics, run, progress)
     except Exception:  # metrics must never stop a job
         log.warning("job %s: chunk metrics failed", job_id, exc_info=True)
 
@@ -184,10 +184,9 @@ def _observe_chunk(m: _Metrics, run: _Run, progress: dict[str, Any]) -> None:
 
 def job_finished(job_id: str, client: redis.Redis) -> None:
     """task_postrun: count the job once, by the run that moved it to its terminal state."""
-    global _run
-    if _metrics is None or _run is None or _run.job_id != job_id:
+    run = _runs.pop(job_id, None)
+    if _metrics is None or run is None:
         return
-    run, _run = _run, None
     _metrics.in_progress.dec()
     if run.chunks:
         _metrics.chunk_duration.observe(run.chunk_seconds / run.chunks)

@@ -69,7 +69,8 @@ def _run_locked(job_id: str, rt: Runtime, worker: str) -> JobState | None:
 
     request = job.narration_request()
     log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
-    done = narrate(job_id, request, rt.model, rt.storage, rt.settings.max_chunk_chars, rt.model_info, report)
+    with rt.model.serving_job():
+        done = narrate(job_id, request, rt.model, rt.storage, rt.settings.max_chunk_chars, rt.model_info, report)
     if done == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None

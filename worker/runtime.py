@@ -71,6 +71,6 @@ def _build_runtime(settings: Settings) -> Runtime:
     if model is not None and model.kind == "csm" and _job_slots > 1:
         from worker.batcher import BatchingModel
 
-        model = BatchingModel(model, _job_slots, settings.batch_wait_ms / 1000)
+        model = BatchingModel(model, settings.batch_wait_ms / 1000)
         log.info("%d jobs at a time share the model, up to %d texts per batch", _job_slots, model.batch_size)
     return Runtime(settings, store, open_storage(settings), model, info, error)

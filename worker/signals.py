@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from typing import Any
 
@@ -24,6 +25,8 @@ from worker import metrics
 from worker.runtime import get_runtime, share_model_between
 
 __all__: list[str] = []
+
+log = logging.getLogger(__name__)
 
 
 @worker_ready.connect
@@ -81,7 +84,14 @@ def _load_model_in_threads_pool(sender: Any = None, **_: Any) -> None:
     """Threads pool: load now, in the background (tasks that arrive meanwhile wait for it in get_runtime)."""
     worker = getattr(sender, "controller", sender)
     if _threads_pool(worker):
-        threading.Thread(target=_load_model, name="echoforge-model-load", daemon=True).start()
+        threading.Thread(target=_load_model_logged, name="echoforge-model-load", daemon=True).start()
+
+
+def _load_model_logged() -> None:
+    try:
+        _load_model()
+    except Exception:  # the first job builds the runtime again and fails with the reason
+        log.exception("loading the model failed")
 
 
 @worker_shutdown.connect

@@ -8,30 +8,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import pytest
 
+from producer import processes
 from producer.client import NarrationClient
 from producer.jobs import JobState
 from producer.settings import Settings
 from tests import services
-from tests.csm_checkpoint import build_tiny_checkpoint
 from tests.integration.test_longform import _generations, _wait_until
+from tests.integration.test_metrics import scrape, value, wait_for
 
 TEXTS = ["The keeper counted waves. Forty came at dawn.", "Hello there, friend.",
          "Rain fell on the harbour all night. The boats knocked together.", "One short line."]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
-
-
 def test_jobs_running_at_once_are_generated_in_common_batches(
-    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], checkpoint: Path
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], tiny_checkpoint: Path
 ) -> None:
+    port = processes.free_port()
     worker = start_worker(settings, pool="threads", concurrency=4, extra_env={
-        "ECHOFORGE_MODEL_PATH": str(checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
-        "ECHOFORGE_BATCH_WAIT_MS": "2000"})
+        "ECHOFORGE_MODEL_PATH": str(tiny_checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
+        "ECHOFORGE_BATCH_WAIT_MS": "2000", "ECHOFORGE_METRICS_PORT": str(port)})
     jobs = [client.submit({"text": text, "speaker_id": i}) for i, text in enumerate(TEXTS)]
     done = [client.wait(job.id, timeout=300) for job in jobs]
     for job in done:
@@ -42,14 +38,18 @@ def test_jobs_running_at_once_are_generated_in_common_batches(
     assert "4 jobs at a time share the model" in log
     shared = [int(m) for m in re.findall(r"generated \d+ texts of (\d+) jobs together", log)]
     assert max(shared) >= 2, "no batch held chunks of more than one job"
-    assert log.count("succeeded,") == len(TEXTS)
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_for(lambda: value(scrape(url), "echoforge_jobs_total", state="succeeded") == len(TEXTS))
+    samples = scrape(url)  # four jobs at once in one process: each counted, none left in progress
+    assert value(samples, "echoforge_jobs_in_progress") == 0
+    assert value(samples, "echoforge_chunks_total") == sum(j.progress["chunks_total"] for j in done)
 
 
 def test_a_job_canceled_in_a_shared_worker_ends_alone(
-    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], checkpoint: Path
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], tiny_checkpoint: Path
 ) -> None:
     start_worker(settings, pool="threads", concurrency=2, extra_env={
-        "ECHOFORGE_MODEL_PATH": str(checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
+        "ECHOFORGE_MODEL_PATH": str(tiny_checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
         "ECHOFORGE_BATCH_SIZE": "1"})
     long_text = " ".join(f"Sentence number {i} is here." for i in range(40))
     doomed, kept = client.submit({"text": long_text}), client.submit({"text": TEXTS[0]})
@@ -63,9 +63,9 @@ def test_a_job_canceled_in_a_shared_worker_ends_alone(
 
 
 def test_killing_a_shared_worker_loses_none_of_its_jobs(
-    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], checkpoint: Path
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], tiny_checkpoint: Path
 ) -> None:
-    env = {"ECHOFORGE_MODEL_PATH": str(checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
+    env = {"ECHOFORGE_MODEL_PATH": str(tiny_checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
            "ECHOFORGE_BATCH_SIZE": "2", "ECHOFORGE_JOB_LOCK_TTL_S": "2", "ECHOFORGE_VISIBILITY_TIMEOUT_S": "30"}
     doomed = start_worker(settings, name="doomed", pool="threads", concurrency=3, extra_env=env)
     texts = [" ".join(f"Voice {v} reads sentence number {i} aloud." for i in range(12)) for v in range(3)]

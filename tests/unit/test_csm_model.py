@@ -33,13 +33,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint: Path) -> CSMModel:
-    return CSMModel(str(checkpoint), device="cpu")
+def model(tiny_checkpoint: Path) -> CSMModel:
+    return CSMModel(str(tiny_checkpoint), device="cpu")
 
 
 def test_generation_returns_24k_float32_matching_the_frames_generated(model: CSMModel) -> None:
@@ -73,7 +68,7 @@ def test_frame_budget_caps_runaway_generation_by_text_length() -> None:
     assert frame_budget("x" * 6000, max_audio_length_ms=800) == 10
 
 
-def test_context_that_fills_the_position_budget_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+def test_context_that_fills_the_position_budget_is_refused(tmp_path: Path) -> None:
     small = build_tiny_checkpoint(tmp_path / "short", max_positions=40)
     with pytest.raises(Exception, match="positions"):
         CSMModel(str(small), device="cpu").generate_speech("word " * 60)
@@ -89,15 +84,15 @@ def test_uncached_hub_model_is_not_found_quickly() -> None:
         CSMModel(None, device="cpu", model_id="no-such-org/no-such-model")
 
 
-def test_corrupted_weights_are_a_load_error(checkpoint: Path, tmp_path: Path) -> None:
-    broken = Path(shutil.copytree(checkpoint, tmp_path / "broken"))
+def test_corrupted_weights_are_a_load_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = Path(shutil.copytree(tiny_checkpoint, tmp_path / "broken"))
     (broken / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 100)
     with pytest.raises(CSMModelLoadError, match="cannot load"):
         CSMModel(str(broken), device="cpu")
 
 
-def test_create_falls_back_to_the_placeholder_only_when_allowed(checkpoint: Path, tmp_path: Path) -> None:
-    real = create_csm_model(model_path=str(checkpoint), device="cpu", settings=Settings())
+def test_create_falls_back_to_the_placeholder_only_when_allowed(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    real = create_csm_model(model_path=str(tiny_checkpoint), device="cpu", settings=Settings())
     assert isinstance(real, CSMModel)
     fallback = create_csm_model(model_path=str(tmp_path / "missing"), settings=Settings(allow_placeholder=True))
     assert isinstance(fallback, PlaceholderCSMModel)
@@ -119,8 +114,8 @@ def test_device_selection() -> None:
 
 
 @needs_cuda
-def test_cuda_path_runs_bf16_with_an_fp32_codec_and_cleanup_frees_memory(checkpoint: Path) -> None:
-    model = create_csm_model(model_path=str(checkpoint), settings=Settings())
+def test_cuda_path_runs_bf16_with_an_fp32_codec_and_cleanup_frees_memory(tiny_checkpoint: Path) -> None:
+    model = create_csm_model(model_path=str(tiny_checkpoint), settings=Settings())
     assert isinstance(model, CSMModel) and model.device == "cuda:0" and model.fallback_reason is None
     assert next(model.model.backbone_model.parameters()).dtype == torch.bfloat16
     assert next(model.model.codec_model.parameters()).dtype == torch.float32
@@ -131,8 +126,8 @@ def test_cuda_path_runs_bf16_with_an_fp32_codec_and_cleanup_frees_memory(checkpo
     assert torch.cuda.memory_allocated() < allocated
 
 
-def test_save_audio_and_cleanup(checkpoint: Path, tmp_path: Path) -> None:
-    model = CSMModel(str(checkpoint), device="cpu")
+def test_save_audio_and_cleanup(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    model = CSMModel(str(tiny_checkpoint), device="cpu")
     audio, rate = model.generate_speech("Hello.", max_audio_length_ms=400)
     for name in ("speech.wav", "speech.flac"):
         info = sf.info(str(model.save_audio(audio, rate, tmp_path / name)))
@@ -141,9 +136,9 @@ def test_save_audio_and_cleanup(checkpoint: Path, tmp_path: Path) -> None:
     assert model.model is None
 
 
-def test_example_script_runs_with_and_without_weights(checkpoint: Path, tmp_path: Path) -> None:
+def test_example_script_runs_with_and_without_weights(tiny_checkpoint: Path, tmp_path: Path) -> None:
     script = REPO / "examples" / "csm_model_example.py"
-    for extra, kind in ((["--model-path", str(checkpoint)], "'csm'"), ([], "'placeholder'")):
+    for extra, kind in ((["--model-path", str(tiny_checkpoint)], "'csm'"), ([], "'placeholder'")):
         out = tmp_path / f"example-{kind.strip(chr(39))}.wav"
         done = subprocess.run([sys.executable, str(script), *extra, "--text", "Hi.", "-o", str(out)],
                               capture_output=True, text=True, timeout=180, cwd=tmp_path)

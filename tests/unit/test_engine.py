@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +24,8 @@ ANCHOR = [Segment(1, "Hello there.", REFERENCE, 16_000)]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> CSMModel:
-    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
-    return CSMModel(str(checkpoint), device="cpu", dtype="float32")
+def model(tiny_checkpoint: Path) -> CSMModel:
+    return CSMModel(str(tiny_checkpoint), device="cpu", dtype="float32")
 
 
 def _codes(model: CSMModel, texts: list[str], caps: list[int], sampling: list[Sampling],
@@ -97,7 +98,10 @@ def test_requests_of_several_jobs_generate_what_each_would_alone(model: CSMModel
 def test_concurrent_jobs_share_batches_and_a_bad_request_fails_alone(
         model: CSMModel, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "batch_size", 8)
-    shared = BatchingModel(model, slots=3, wait_s=30.0)  # three job slots: a batch goes once all three wait
+    shared = BatchingModel(model, wait_s=30.0)
+    jobs = ExitStack()
+    for _ in range(3):  # three running jobs: a batch goes once all three wait
+        jobs.enter_context(shared.serving_job())
     requests = [SpeechRequest([text], speaker_id=0, context=ANCHOR, seeds=[i], max_audio_length_ms=480)
                 for i, text in enumerate(TEXTS)]
     too_long = SpeechRequest(["word " * 2000], speaker_id=0, seeds=[1])  # more than the model's positions
@@ -108,6 +112,7 @@ def test_concurrent_jobs_share_batches_and_a_bad_request_fails_alone(
         with pytest.raises(CSMModelError, match="positions"):
             doomed[1].result(timeout=120)
         survivors = [doomed[0].result(timeout=120), doomed[2].result(timeout=120)]
+    jobs.close()
     assert "generated 3 texts of 3 jobs together" in caplog.text, "three waiting jobs share one batch"
     assert "running each job's requests alone" in caplog.text
     for request, [[got]] in zip(requests, results, strict=True):

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel", "SpeechRequest"]
+__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
+_T = TypeVar("_T")
+
+
+def split_by(items: Sequence[_T], sizes: Sequence[int]) -> list[list[_T]]:
+    """`items` cut into consecutive groups of the given sizes (results of a flattened batch, per request)."""
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(list(items[start: start + size]))
+        start += size
+    return groups
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,11 @@ class SpeechModel:
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)
+
+    @contextmanager
+    def serving_job(self) -> Iterator[None]:
+        """Held by a job while it runs on this model (a shared model batches the jobs that hold it)."""
+        yield
 
     def describe(self) -> dict[str, Any]:
         """What a job record says about the model that ran it."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.audio import trim_trailing_silence
-from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest
+from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest, split_by
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
@@ -155,11 +155,7 @@ class CSMModel(SpeechModel):
             raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
         results = [_generated(row, wave, len(frames)) for row, wave, frames in zip(flat, waves, codes, strict=True)]
         self.last_generation = results[-1].stats
-        grouped, start = [], 0
-        for group in rows:
-            grouped.append(results[start: start + len(group)])
-            start += len(group)
-        return grouped
+        return split_by(results, [len(group) for group in rows])
 
     def _rows(self, request: SpeechRequest) -> list[_Row]:
         """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""

@@ -32,6 +32,7 @@ __all__ = ["CsmEngine", "Sampling", "compute_dtype"]
 log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25  # drop finished rows once this share of the batch has finished
+MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch size x top-k); batches across jobs vary in size
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,8 @@ class CsmEngine:
 
     def _graph(self, batch: int) -> Any:
         key = (batch, self.kmax)
+        if key not in self._graphs and len(self._graphs) >= MAX_GRAPHS:  # each holds its own memory pool
+            del self._graphs[next(iter(self._graphs))]
         if key not in self._graphs:
             try:
                 self._graphs[key] = _DepthGraph(self, batch)
