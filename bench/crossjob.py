@@ -52,24 +52,22 @@ def save_checkpoint(directory: Path, model_name: str) -> Path:
     return directory
 
 
-def burst(client: NarrationClient, jobs: int) -> tuple[float, float]:
-    """(jobs per second, audio seconds delivered per wall second) for `jobs` one-chunk jobs submitted at once."""
+def burst(client: NarrationClient, jobs: int) -> float:
+    """Jobs per second for `jobs` one-chunk jobs submitted at once."""
     t0 = time.time()
     ids = [client.submit({"text": TEXTS[i % len(TEXTS)], "speaker_id": i % 4}).id for i in range(jobs)]
     finals = [client.wait(job_id, timeout=3600) for job_id in ids]
     assert all(f.state is JobState.SUCCEEDED and f.result for f in finals), [f.error for f in finals]
-    wall = max(f.finished_at or 0.0 for f in finals) - t0
-    return jobs / wall, sum(f.result["duration_s"] for f in finals if f.result) / wall
+    return jobs / (max(f.finished_at or 0.0 for f in finals) - t0)
 
 
 def round_on(settings: Settings, tmp: Path, name: str, jobs: int, pool: str,
-             concurrency: int) -> tuple[float, float, str]:
+             concurrency: int) -> tuple[float, str]:
     worker = services.start_worker(settings, tmp, name=name, pool=pool, concurrency=concurrency, timeout=1800)
     try:
         client = NarrationClient(settings)
         burst(client, 1)  # warm-up: first allocations, S3 client
-        rate, audio_rate = burst(client, jobs)
-        return rate, audio_rate, worker.log()
+        return burst(client, jobs), worker.log()
     finally:
         worker.stop()
 
@@ -83,11 +81,10 @@ def main() -> None:
         checkpoint = save_checkpoint(tmp / args.model, args.model)
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,
                             model_path=str(checkpoint), device="cpu", allow_placeholder=False)
-        alone, alone_audio, _ = round_on(settings, tmp, "alone", args.jobs, "prefork", 1)
-        print(f"one job at a time (prefork -c 1):        {alone:6.3f} jobs/s  {alone_audio:6.3f} audio s/s", flush=True)
-        shared, shared_audio, log = round_on(settings, tmp, "shared", args.jobs, "threads", args.jobs)
-        print(f"{args.jobs} jobs sharing batches (threads -c {args.jobs}): {shared:6.3f} jobs/s  "
-              f"{shared_audio:6.3f} audio s/s")
+        alone, _ = round_on(settings, tmp, "alone", args.jobs, "prefork", 1)
+        print(f"one job at a time (prefork -c 1):        {alone:6.3f} jobs/s", flush=True)
+        shared, log = round_on(settings, tmp, "shared", args.jobs, "threads", args.jobs)
+        print(f"{args.jobs} jobs sharing batches (threads -c {args.jobs}): {shared:6.3f} jobs/s")
         sizes = [int(n) for n in re.findall(r"generated (\d+) texts of \d+ jobs together", log)]
         print(f"batches in the shared round: {len(sizes)}, texts per batch {sizes}")
         print(f"throughput ratio shared / one at a time: {shared / alone:.2f}x")
