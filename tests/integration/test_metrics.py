@@ -112,12 +112,14 @@ def test_a_killed_pool_process_is_marked_dead_and_its_job_counted_as_redelivered
     final = client.wait(job.id, timeout=90)
     assert final.state is JobState.SUCCEEDED and final.attempts >= 2
     wait_for(lambda: value(scrape(url), "echoforge_jobs_total") == 1)
+    # A late duplicate delivery (the reaper's, or the lost worker's requeue) may still be in progress for a moment;
+    # the dead process's gauge must not keep the total above 0 once it ends.
+    wait_for(lambda: value(scrape(url), "echoforge_jobs_in_progress") == 0)
     after = scrape(url)
     # The redelivery may find the dead process's lock still held (a retry), and the reaper may send it once more:
     # however many deliveries, the job is counted once, by the run that finished it.
     assert value(after, "echoforge_job_starts_total") >= 2 + value(after, "echoforge_task_retries_total")
     assert value(after, "echoforge_job_redeliveries_total") >= 1
     assert value(after, "echoforge_jobs_total", state="succeeded") == 1
-    assert value(after, "echoforge_jobs_in_progress") == 0, "the dead process's in-progress gauge is gone"
     assert value(after, "echoforge_model_info", kind="placeholder") == 1
 
