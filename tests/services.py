@@ -116,6 +116,14 @@ def start_worker(settings: Settings, log_dir: Path, name: str | None = None,
     return worker
 
 
+def run_cli(settings: Settings, *args: str, extra_env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The `echoforge` CLI of this venv, configured by `settings` (and `extra_env`), as a user runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / "echoforge"), *args],
+                          env={**settings_env(settings), **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def flush(url: str) -> None:
     client = redis.Redis.from_url(url)
     client.flushall()

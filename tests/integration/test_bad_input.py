@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,8 +23,6 @@ from producer.jobs import JobState
 from producer.settings import Settings
 from tests import services
 from tests.unit.test_request import BAD_FIELDS
-
-ECHOFORGE = str(Path(sys.executable).parent / "echoforge")
 
 
 @pytest.mark.parametrize(("fields", "names"), BAD_FIELDS)
@@ -51,8 +47,7 @@ def test_the_cli_refuses_bad_input_with_exit_2_and_enqueues_nothing(settings: Se
         (["ok", "--top-k", "1000000"], "top_k"), (["ok", "--bogus", "1"], "unrecognized"),
     ]
     for args, message in cases:
-        done = subprocess.run([ECHOFORGE, "submit", *args], env=services.settings_env(settings), capture_output=True,
-                              text=True, timeout=60)
+        done = services.run_cli(settings, "submit", *args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
     assert redis.Redis.from_url(settings.redis_url).dbsize() == 0
 

@@ -69,11 +69,9 @@ def test_cli_submit_wait_status_download(
     settings: Settings, start_worker: Callable[..., services.Worker], tmp_path: Path
 ) -> None:
     start_worker(settings)
-    env = services.settings_env(settings)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(Path(services.sys.executable).parent / "echoforge"), *args],
-                              env=env, capture_output=True, text=True, timeout=60)
+        return services.run_cli(settings, *args)
 
     submitted = cli("submit", TEXT, "--speaker", "2", "--temperature", "0.7", "--top-k", "40", "--wait", "--json")
     assert submitted.returncode == 0, submitted.stderr

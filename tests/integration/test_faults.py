@@ -51,8 +51,7 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
     assert final.state is JobState.FAILED and final.error is not None
     assert final.error["code"] == "redelivery_limit" and "ECHOFORGE_MAX_ATTEMPTS=2" in final.error["message"]
     assert job.id in client.store.dead_lettered()
-    listed = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "list", "--dead-letter", "--json"],
-                            env=services.settings_env(settings), capture_output=True, text=True, timeout=30)
+    listed = services.run_cli(settings, "list", "--dead-letter", "--json")
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
 
 

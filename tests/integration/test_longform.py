@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -66,8 +64,7 @@ def test_a_chapter_is_chunked_stitched_and_captioned_with_progress_on_the_way(
     start_worker(settings, extra_env=SLOW)
     job = client.submit({"text": CHAPTER})
     running = _wait_until(client, job.id, lambda j: 0 < j.progress.get("chunks_done", 0) < j.progress["chunks_total"])
-    status = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "status", job.id, "--json"],
-                            env=services.settings_env(settings), capture_output=True, text=True, timeout=30)
+    status = services.run_cli(settings, "status", job.id, "--json")
     shown = json.loads(status.stdout)["progress"]
     assert 0 < shown["chunks_done"] < shown["chunks_total"] and shown["audio_s"] > 0
     assert running.eta_s() is not None and running.eta_s() > 0  # type: ignore[operator]
@@ -168,8 +165,6 @@ def test_a_bad_voice_prompt_is_refused_before_anything_is_enqueued(
     (tmp_path / "noise.wav").write_bytes(b"not audio at all")
     with pytest.raises(Exception, match="not a readable audio file"):
         client.submit({"text": "Hello.", "voice_text": "Hi."}, voice_prompt=tmp_path / "noise.wav")
-    cli = subprocess.run([str(Path(sys.executable).parent / "echoforge"), "submit", "Hello.", "--voice-prompt",
-                          str(prompt), "--voice-text", "Hi."], env=services.settings_env(client.settings),
-                         capture_output=True, text=True, timeout=60)
+    cli = services.run_cli(client.settings, "submit", "Hello.", "--voice-prompt", str(prompt), "--voice-text", "Hi.")
     assert cli.returncode == 2 and message in cli.stderr
     assert client.list() == []

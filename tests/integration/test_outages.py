@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,11 +33,6 @@ def relayed(settings: Settings, relay: TcpRelay) -> Iterator[tuple[Settings, Nar
     client = NarrationClient(cut_off)
     yield cut_off, client
     client.close()
-
-
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "echoforge"), *args], env=services.settings_env(settings),
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_a_short_s3_outage_is_retried_with_backoff_and_the_job_succeeds(
@@ -77,14 +70,14 @@ def test_s3_gone_for_good_fails_the_job_clearly_and_retry_finishes_it_later(
     stored = failed.progress["chunks_done"]
 
     relay.restore()
-    done = _cli(settings, "retry", job.id, "--json")
+    done = services.run_cli(settings, "retry", job.id, "--json")
     assert done.returncode == 0, done.stderr
     final = client.wait(job.id, timeout=180)
     assert final.state is JobState.SUCCEEDED and final.attempts == 1
     assert final.progress["chunks_resumed"] >= stored, "the retry resumed from the stored chunks"
     assert [h["error"]["code"] for h in final.history] == ["storage_unavailable"]
 
-    again = _cli(settings, "retry", job.id)
+    again = services.run_cli(settings, "retry", job.id)
     assert again.returncode == 2 and "cannot be retried: it is succeeded" in again.stderr
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,9 +52,7 @@ def test_no_secret_appears_in_logs_records_or_errors(
     outputs: list[str] = []
 
     def cli(*args: str, url: str = secret_redis) -> None:
-        cli_env = {**services.settings_env(settings), **env, "ECHOFORGE_REDIS_URL": url}
-        done = subprocess.run([str(Path(sys.executable).parent / "echoforge"), *args], env=cli_env,
-                              capture_output=True, text=True, timeout=60)
+        done = services.run_cli(settings, *args, extra_env={**env, "ECHOFORGE_REDIS_URL": url})
         outputs.append(done.stdout + done.stderr)
 
     try:
