@@ -20,9 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from worker.models import CSMModelError, Generated, Segment, SpeechModel, SpeechRequest
+from worker.models import CSMModelError, Generated, SpeechModel, SpeechRequest
 from worker.models.base import split_by
 
 __all__ = ["BatchingModel"]
@@ -67,12 +65,6 @@ class BatchingModel(SpeechModel):
             with self._ready:
                 self._jobs -= 1
                 self._ready.notify_all()
-
-    def generate_speech(self, text: str, speaker_id: int = 1, temperature: float = 0.9, top_k: int = 50,
-                        context: list[Segment] | None = None, max_audio_length_ms: float | None = None,
-                        seed: int | None = None) -> tuple[np.ndarray, int]:
-        [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
-        return result.audio, result.sample_rate
 
     def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
         """Blocks this job's thread until the batch its requests joined has been decoded."""

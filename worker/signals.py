@@ -70,11 +70,15 @@ def _concurrency(worker: Any) -> int:
 
 @worker_init.connect
 def _start_metrics(sender: Any = None, **_: Any) -> None:
-    """In the main process, before the pool forks: the multiprocess metrics directory and /metrics. Under the
-    threads pool the jobs run in this process and share one model (loaded once the worker is ready)."""
+    """In the main process, before the pool forks: the multiprocess metrics directory and /metrics."""
     from worker.app import settings
 
     metrics.start_server(settings, getattr(sender, "hostname", None) or "worker")
+
+
+@worker_init.connect
+def _share_model_in_threads_pool(sender: Any = None, **_: Any) -> None:
+    """Under the threads pool the jobs run in this process and share one model (loaded once the worker is ready)."""
     if _threads_pool(sender):
         share_model_between(_concurrency(sender))
 

@@ -58,6 +58,9 @@ class SpeechRequest:
     seeds: list[int | None] | None = None
     max_audio_length_ms: float | None = None
 
+    def seeded_texts(self) -> list[tuple[str, int | None]]:
+        return list(zip(self.texts, self.seeds or [None] * len(self.texts), strict=True))
+
 
 class SpeechModel:
     """Shared behaviour of CSMModel and PlaceholderCSMModel."""
@@ -78,8 +81,12 @@ class SpeechModel:
         max_audio_length_ms: float | None = None,
         seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable."""
-        raise NotImplementedError
+        """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable.
+
+        A model implements this (one text at a time) or generate_requests (batched); this default is the latter.
+        """
+        [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
+        return result.audio, result.sample_rate
 
     def generate_batch(
         self,
@@ -103,7 +110,7 @@ class SpeechModel:
         results: list[list[Generated]] = []
         for r in requests:
             results.append([])
-            for text, seed in zip(r.texts, r.seeds or [None] * len(r.texts), strict=True):
+            for text, seed in r.seeded_texts():
                 audio, rate = self.generate_speech(text, r.speaker_id, r.temperature, r.top_k, r.context,
                                                    r.max_audio_length_ms, seed)
                 results[-1].append(Generated(audio, rate, self.last_generation))

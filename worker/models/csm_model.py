@@ -115,25 +115,11 @@ class CSMModel(SpeechModel):
         self.engine: CsmEngine | None = CsmEngine(self.model)
         self.max_positions = int(self.model.config.max_position_embeddings)
         self.last_generation: GenerationStats | None = None
-        self._prefix_cache: dict[str, tuple[Any, int]] = {}
+        self._prefix_cache: dict[tuple[tuple[int, str, str], ...], tuple[Any, int]] = {}
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dtype": self.dtype}
-
-    def generate_speech(
-        self,
-        text: str,
-        speaker_id: int = 1,
-        temperature: float = 0.9,
-        top_k: int = 50,
-        context: list[Segment] | None = None,
-        max_audio_length_ms: float | None = None,
-        seed: int | None = None,
-    ) -> tuple[np.ndarray, int]:
-        """Speech for `text` in the voice of `speaker_id`, prompted by `context`: (float32 mono, 24000)."""
-        [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
-        return result.audio, result.sample_rate
 
     def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
         """Speech for the texts of every request, all decoded together, each after its own request's context
@@ -165,7 +151,7 @@ class CSMModel(SpeechModel):
         prefix, context_frames = self._prefix(request.context or [])
         prefix_len = 0 if prefix is None else len(prefix)
         rows = []
-        for text, seed in zip(request.texts, request.seeds or [None] * len(request.texts), strict=True):
+        for text, seed in request.seeded_texts():
             prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
             cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
             rows.append(_Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
@@ -193,9 +179,8 @@ class CSMModel(SpeechModel):
         if not context:
             return None, 0
         audio = [_to_24k_mono(s) for s in context]
-        key = [(s.speaker, s.text, hashlib.sha256(a.tobytes()).hexdigest())
-               for s, a in zip(context, audio, strict=True)]
-        cache_key = repr(key)
+        cache_key = tuple((s.speaker, s.text, hashlib.sha256(a.tobytes()).hexdigest())
+                          for s, a in zip(context, audio, strict=True))
         if cache_key in self._prefix_cache:
             self._prefix_cache[cache_key] = self._prefix_cache.pop(cache_key)  # most recently used last
             return self._prefix_cache[cache_key]
