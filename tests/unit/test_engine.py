@@ -154,3 +154,26 @@ def test_cuda_graphs_replay_the_eager_codes(tmp_path_factory: pytest.TempPathFac
     model.engine.use_cuda_graphs = False
     eager = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
     assert all(torch.equal(a, b) for a, b in zip(graphed, eager, strict=True))
+
+
+def test_a_failed_graph_capture_runs_eagerly_and_is_recorded_in_the_model_info(tiny_checkpoint: Path) -> None:
+    model = CSMModel(str(tiny_checkpoint), device="cpu", dtype="float32")
+    assert model.engine is not None and "graph_capture_failures" not in model.describe()
+    eager = _codes(model, TEXTS[:2], [4, 4], [GREEDY] * 2)
+    model.engine.use_cuda_graphs = True  # capture cannot work on the CPU: it must fail loudly, not the job
+    assert all(torch.equal(a, b) for a, b in zip(_codes(model, TEXTS[:2], [4, 4], [GREEDY] * 2), eager, strict=True))
+    [failure] = model.describe()["graph_capture_failures"]
+    assert failure.startswith("batch 2: ")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_model_on_the_second_gpu_captures_its_graphs_there(tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm-cuda1"))
+    model = CSMModel(str(checkpoint), device="cuda:1", dtype="float32")
+    seeded = [Sampling(0.9, 20, seed) for seed in (7, 8, 9)]
+    graphed = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
+    assert model.engine is not None and not model.engine.graph_failures
+    assert all(c.device == torch.device("cuda:1") for c in graphed)
+    model.engine.use_cuda_graphs = False
+    assert all(torch.equal(a, b) for a, b in zip(graphed, _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR),
+                                                  strict=True))

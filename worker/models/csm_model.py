@@ -107,8 +107,7 @@ class CSMModel(SpeechModel):
         self.dtype = str(compute_dtype(self.device)).removeprefix("torch.") if dtype == "auto" else dtype
         self.processor, self.model = processor, model
         try:
-            self.model.to(device=self.device, dtype=getattr(torch, self.dtype))
-            self.model.codec_model.to(dtype=torch.float32)  # Mimi decodes garbage in bf16
+            _place(self.model, self.device, getattr(torch, self.dtype))
         except torch.OutOfMemoryError as e:
             self.cleanup()
             raise CSMModelLoadError(f"out of memory moving {self.model_id} to {self.device}") from e
@@ -119,7 +118,9 @@ class CSMModel(SpeechModel):
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dtype": self.dtype}
+        """Also the compute dtype and, when any CUDA graph capture failed (the depth decoder ran eagerly), why."""
+        failures = self.engine.graph_failures if self.engine is not None else []
+        return {**super().describe(), "dtype": self.dtype, **({"graph_capture_failures": failures} if failures else {})}
 
     def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
         """Speech for the texts of every request, all decoded together, each after its own request's context
@@ -208,6 +209,21 @@ class CSMModel(SpeechModel):
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def _place(model: Any, device: str, dtype: Any) -> None:
+    """Each part on `device`: what computes (backbone, depth decoder, heads, text embeddings) in `dtype`, the Mimi
+    codec in fp32, never rounded through bf16 (it decodes garbage in bf16), and every rotary frequency table
+    recomputed in fp32 (a bf16 cast rounds it: ~1 rad of phase error by position 1,000)."""
+    import torch
+
+    from worker.models.engine import fp32_rotary
+
+    for name, part in model.named_children():
+        part.to(device=device, dtype=torch.float32 if name == "codec_model" else dtype)
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "rope_init_fn"):
+            module.inv_freq = fp32_rotary(module, device).inv_freq
 
 
 def _to_24k_mono(segment: Segment) -> np.ndarray:

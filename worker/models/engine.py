@@ -21,13 +21,14 @@ It runs the modules of a transformers `CsmForConditionalGeneration` layer by lay
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CsmEngine", "Sampling", "compute_dtype"]
+__all__ = ["CsmEngine", "Sampling", "compute_dtype", "fp32_rotary", "on_device"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,18 @@ def compute_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
+def fp32_rotary(rotary: Any, device: torch.device | str) -> Any:
+    """A fresh copy of a transformers rotary embedding, its frequencies computed in fp32 from the config: a model
+    cast to bf16 as a whole rounds `inv_freq` too, a phase error of ~1 rad by position 1,000."""
+    return type(rotary)(config=rotary.config, device=device)
+
+
+def on_device(device: torch.device | str) -> AbstractContextManager[Any]:
+    """Make `device` current for CUDA calls that use the current device (streams, graphs) on a cuda:N model."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -72,8 +85,9 @@ class _Stack:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         positions = torch.arange(config.max_position_embeddings, device=device)[None]
-        cos, sin = model.rotary_emb(torch.empty(0, device=device, dtype=dtype), positions)
-        self.cos, self.sin = cos[0], sin[0]  # [positions, head dim], as transformers computes them
+        rotary = fp32_rotary(model.rotary_emb, device)
+        cos, sin = rotary(torch.empty(0, device=device, dtype=torch.float32), positions)
+        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # [positions, head dim], computed in fp32, then cast
         self.k = self.v = torch.empty(0)
 
     def allocate(self, batch: int, slots: int) -> None:
@@ -153,6 +167,7 @@ class CsmEngine:
         self.depth_positions = torch.arange(self.codebooks, device=self.device)[None]
         self.kmax = 1
         self._graphs: dict[tuple[int, int], Any] = {}
+        self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
 
     # ---- prompts -------------------------------------------------------------------------------------------------
 
@@ -176,7 +191,9 @@ class CsmEngine:
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Codes [frames, codebooks] of a 24 kHz mono waveform, by the fp32 codec."""
         values = audio.to(self.device, torch.float32)[None, None]
-        return self.model.codec_model.encode(values).audio_codes[0].transpose(0, 1)[:, : self.codebooks]
+        with on_device(self.device):
+            codes = self.model.codec_model.encode(values).audio_codes
+        return codes[0].transpose(0, 1)[:, : self.codebooks]
 
     # ---- decoding ------------------------------------------------------------------------------------------------
 
@@ -193,6 +210,11 @@ class CsmEngine:
 
         Each row stops at its end frame (excluded) or after caps[i] frames.
         """
+        with on_device(self.device):
+            return self._generate_rows(prefixes, prompts, caps, sampling)
+
+    def _generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
+                       sampling: list[Sampling]) -> list[torch.Tensor]:
         lengths = [0 if p is None else len(p) for p in prefixes]
         prefix_len, width, caps = max(lengths), max(len(p) for p in prompts), list(caps)
         batch = self._start(prompts, lengths, width, max(caps), sampling)
@@ -338,7 +360,9 @@ class CsmEngine:
             try:
                 self._graphs[key] = _DepthGraph(self, batch)
             except Exception as e:  # capture is an optimization: never a reason to fail a job
-                log.warning("CUDA graph capture failed at batch %d (%s); running the depth decoder eagerly", batch, e)
+                failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
+                log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
+                self.graph_failures = [*self.graph_failures[-7:], failure]
                 self._graphs[key] = None
         return self._graphs[key]
 
@@ -349,7 +373,8 @@ class CsmEngine:
         """24 kHz fp32 waveform of codes [frames, codebooks] through the codec."""
         if len(codes) == 0:
             return torch.zeros(0)
-        values = self.model.codec_model.decode(codes.transpose(0, 1)[None]).audio_values
+        with on_device(self.device):
+            values = self.model.codec_model.decode(codes.transpose(0, 1)[None]).audio_values
         return values[0, 0].float().cpu()
 
 
