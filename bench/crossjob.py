@@ -26,8 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 TEXTS = ["Waves sang.", "Gulls cried.", "Rain fell.", "Boats rocked.", "Wind rose.", "Bells rang.", "Ropes creaked.",

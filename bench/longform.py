@@ -30,8 +30,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 CHAPTER = (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "chapter.txt").read_text()

@@ -1,7 +1,7 @@
 """What the queue adds to a short placeholder job, and how many short jobs per second 1 and 2 workers finish.
 
-Baseline (same run, same services): the job's work done in-process by the worker's own pipeline.narrate —
-placeholder synthesis, chunk and manifest to storage, stitch, upload, captions.
+Baseline (same run, same services): the job's work done in-process by the worker's own narration core
+(worker/narration/narrate.py) — placeholder synthesis, chunk and manifest to storage, stitch, upload, captions.
 End to end: NarrationClient.submit -> real celery worker -> NarrationClient.wait.
 Overhead = p50(end to end) - p50(baseline). Targets: overhead <= 5 ms p50, >= 100 short jobs/s.
 
@@ -21,12 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producer.client import NarrationClient
-from producer.jobs import JobState, NarrationRequest
+from producer.request import NarrationRequest
 from producer.settings import Settings
+from producer.states import JobState
 from producer.storage import open_storage
 from tests import services
 from worker.models import PlaceholderCSMModel
-from worker.pipeline import narrate
+from worker.narration.narrate import narrate
 
 TEXT = "A short line, read aloud."
 
@@ -47,12 +48,13 @@ def timed(n: int, one: Callable[[int], None]) -> list[float]:
 
 
 def in_process(settings: Settings) -> Callable[[int], None]:
-    """The worker's own pipeline.narrate, called directly: synthesis, chunk + manifest, stitch, upload, captions."""
+    """The worker's own narration core, called directly: synthesis, chunk + manifest, stitch, upload, captions."""
     model, storage, request = PlaceholderCSMModel(), open_storage(settings), NarrationRequest.parse({"text": TEXT})
 
     def one(i: int) -> None:
-        assert narrate(uuid.uuid4().hex, request, model, storage, settings.max_chunk_chars, model.describe(),
-                       lambda progress: "go") not in ("stop", "cancel")
+        outcome = narrate(uuid.uuid4().hex, request, model, storage, settings.max_chunk_chars, model.describe(),
+                          lambda progress: "go")
+        assert outcome.verdict == "done"
 
     return one
 

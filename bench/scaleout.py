@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 # 3.7 s of placeholder audio (15 characters a second): 1.8 s of simulated GPU time per job at RTF 0.5.

@@ -11,17 +11,21 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import ValidationError
-from tqdm import tqdm
 
-from producer.errors import EchoForgeError, InvalidRequestError, JobNotFoundError
-from producer.jobs import Job, JobState, NarrationRequest
+from producer.errors import EchoForgeError, ErrorCode, InvalidRequestError
+from producer.job import Job
+from producer.progress import wait_with_progress
+from producer.request import NarrationRequest
+from producer.states import JobState
 
 if TYPE_CHECKING:
-    from producer.client import NarrationClient
+    pass
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_JOB_UNSUCCESSFUL, EXIT_BAD_INPUT, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+# Errors that refuse a request before anything is enqueued or changed (exit 2); every other error exits 3.
+_REFUSED = {ErrorCode.INVALID_REQUEST, ErrorCode.CONFLICT}
 
 
 def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,20 +65,6 @@ def _print_job(job: Job, as_json: bool) -> None:
     print(line)
 
 
-def _wait_with_progress(client: NarrationClient, job_id: str, timeout: float | None) -> Job:
-    bar = tqdm(total=1, unit="chunk", desc=job_id[:8], file=sys.stderr, disable=None, leave=False)
-
-    def show(job: Job) -> None:
-        bar.total = max(1, job.progress.get("chunks_total", 1))
-        bar.n = job.progress.get("chunks_done", 0)
-        bar.set_postfix_str(f"{job.state.value} {job.progress.get('audio_s', 0):.1f}s audio", refresh=True)
-
-    try:
-        return client.wait(job_id, timeout=timeout, on_change=show)
-    finally:
-        bar.close()
-
-
 def _finish(job: Job, as_json: bool) -> int:
     _print_job(job, as_json)
     return EXIT_OK if job.state is JobState.SUCCEEDED else EXIT_JOB_UNSUCCESSFUL
@@ -85,23 +75,23 @@ def _run(args: argparse.Namespace) -> int:
         from producer.stack import run_stack
 
         return run_stack(args)
-    fields = _request_fields(args) if args.command == "submit" else None
-    if fields is not None and args.voice_prompt is None:
-        NarrationRequest.parse(fields)  # refuse bad input before connecting anywhere
+    request = None
+    if args.command == "submit":  # parsed once, here: bad input is refused before connecting anywhere
+        request = NarrationRequest.parse(_request_fields(args), voice_upload_pending=args.voice_prompt is not None)
     from producer.client import NarrationClient
 
     client = NarrationClient()
-    if fields is not None:
-        job = client.submit(fields, voice_prompt=args.voice_prompt)
+    if request is not None:
+        job = client.submit(request, voice_prompt=args.voice_prompt)
         if not args.wait:
             _print_job(job, args.json)
             return EXIT_OK
-        return _finish(_wait_with_progress(client, job.id, None), args.json)
+        return _finish(wait_with_progress(client, job.id, None), args.json)
     if args.command == "status":
         _print_job(client.get(args.job_id), args.json)
         return EXIT_OK
     if args.command == "wait":
-        job = _wait_with_progress(client, args.job_id, args.timeout)
+        job = wait_with_progress(client, args.job_id, args.timeout)
         return _finish(job, args.json) if job.state.is_terminal else EXIT_JOB_UNSUCCESSFUL
     if args.command in ("cancel", "retry"):
         _print_job(client.cancel(args.job_id) if args.command == "cancel" else client.retry(args.job_id), args.json)
@@ -110,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         print(client.download(args.job_id, args.output))
         return EXIT_OK
     if args.dead_letter:
-        jobs = [client.get(job_id) for job_id in client.store.dead_lettered()[: args.limit]]
+        jobs = [client.get(job_id) for job_id in client.jobs.dead_lettered()[: args.limit]]
     else:
         jobs = client.list(limit=args.limit, state=JobState(args.state) if args.state else None)
     if args.json:
@@ -127,12 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
-    except InvalidRequestError as e:
-        print(f"echoforge: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except JobNotFoundError as e:
-        print(f"echoforge: {e}", file=sys.stderr)
-        return EXIT_ERROR
     except (redis.ConnectionError, redis.TimeoutError) as e:
         print(f"echoforge: cannot reach Redis ({type(e).__name__}); check ECHOFORGE_REDIS_URL", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -141,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except EchoForgeError as e:
         print(f"echoforge: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT if e.code in _REFUSED else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from producer.jobs import JobState
+from producer.request import DEFAULT_PRIORITY, DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_TOP_K
+from producer.states import JobState
 
 __all__ = ["build_parser"]
 
@@ -13,11 +14,12 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="enqueue a narration job and print its id")
     p.add_argument("text", nargs="?", help="the text to narrate (or use --file)")
     p.add_argument("--file", help="read the text from a UTF-8 file (- for stdin)")
-    p.add_argument("--speaker", type=int, help="speaker id (default 1)")
-    p.add_argument("--temperature", type=float, help="sampling temperature, > 0 and <= 2 (default 0.9)")
-    p.add_argument("--top-k", dest="top_k", type=int, help="top-k sampling, 1..2048 (default 50)")
+    p.add_argument("--speaker", type=int, help=f"speaker id (default {DEFAULT_SPEAKER_ID})")
+    p.add_argument("--temperature", type=float,
+                   help=f"sampling temperature, > 0 and <= 2 (default {DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", dest="top_k", type=int, help=f"top-k sampling, 1..{MAX_TOP_K} (default {DEFAULT_TOP_K})")
     p.add_argument("--format", choices=["wav", "flac"], help="output format (default wav)")
-    p.add_argument("--priority", type=int, help="0 (lowest) .. 9 (most urgent), default 5")
+    p.add_argument("--priority", type=int, help=f"0 (lowest) .. 9 (most urgent), default {DEFAULT_PRIORITY}")
     p.add_argument("--idempotency-key", dest="idempotency_key", help="the same key returns the same job")
     p.add_argument("--queue-ttl", dest="queue_ttl", type=int, help="seconds the job may wait before it expires")
     p.add_argument("--voice-prompt", dest="voice_prompt", help="a 0.5-20 s recording of the voice to narrate in")

@@ -15,8 +15,10 @@ import redis
 from producer import keys
 from producer.celery_config import celery_config, send_job
 from producer.errors import InvalidRequestError, JobNotReadyError, SubmitError
-from producer.jobs import Job, JobState, NarrationRequest
+from producer.job import Job
+from producer.request import DEFAULT_PRIORITY, NarrationRequest
 from producer.settings import Settings, redact_url
+from producer.states import JobState
 from producer.storage import open_storage
 from producer.store import JobStore
 from producer.voice import upload_voice_prompt
@@ -34,8 +36,7 @@ class NarrationClient:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
-        self.store = JobStore(self.redis, self.settings.finished_job_ttl_s)
+        self.jobs = JobStore.from_settings(self.settings)
         self._local = threading.local()
 
     @cached_property
@@ -47,19 +48,20 @@ class NarrationClient:
         return app
 
     def submit(self, request: NarrationRequest | dict[str, Any], voice_prompt: str | Path | None = None) -> Job:
-        """Validate, record and enqueue. A reused idempotency key returns the job it created first.
+        """Validate (unless already parsed), record and enqueue. A reused idempotency key returns the job it created.
 
         `voice_prompt` is a recording (0.5-20 s) of the voice to narrate in; the request's `voice_text` says
         what it says. It is stored before the job is recorded, so a bad file enqueues nothing.
         """
-        if voice_prompt is not None:
-            fields = request.model_dump() if isinstance(request, NarrationRequest) else dict(request)
-            NarrationRequest.parse({**fields, "voice_prompt_sha256": "0" * 64})  # refuse bad fields before uploading
-            fields["voice_prompt_sha256"] = upload_voice_prompt(voice_prompt, open_storage(self.settings))
-            request = fields
         if not isinstance(request, NarrationRequest):
-            request = NarrationRequest.parse(request)
-        job, created = self.store.create(request, self.settings.queue)
+            request = NarrationRequest.parse(request, voice_upload_pending=voice_prompt is not None)
+        if voice_prompt is not None:
+            if not request.voice_text:
+                raise InvalidRequestError("a voice prompt needs its transcript (voice_text)")
+            request = request.with_voice_prompt(upload_voice_prompt(voice_prompt, open_storage(self.settings)))
+        elif request.voice_text and not request.voice_prompt_sha256:
+            raise InvalidRequestError("voice_text needs its recording (the voice prompt file)")
+        job, created = self.jobs.create(request, self.settings.queue)
         if not created:
             if job.request.get("text_sha256", request.text_sha256()) != request.text_sha256() or (
                     "text" in job.request and job.request["text"] != request.text):
@@ -67,29 +69,27 @@ class NarrationClient:
                                           f"(job {job.id})")
             log.info("job %s: idempotency key reused, not enqueued again", job.id)
             return job
-        self._enqueue(job.id, request)
+        self._enqueue(job.id, request.priority)
         return job
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or expired job again under its id; it resumes from the chunks it had stored."""
-        job = self.store.requeue(job_id)
-        self._enqueue(job.id, job.narration_request())
+        job = self.jobs.retry(job_id)
+        self._enqueue(job.id, job.request.get("priority", DEFAULT_PRIORITY))
         return job
 
-    def _enqueue(self, job_id: str, request: NarrationRequest) -> None:
+    def _enqueue(self, job_id: str, priority: int) -> None:
         try:
-            send_job(self._celery, job_id, self.settings.queue, request.priority)
+            send_job(self._celery, job_id, self.settings.queue, priority)
         except Exception as e:
             where = redact_url(self.settings.redis_url)
-            self.store.fail(job_id, "enqueue_failed", f"could not enqueue on {where}: {type(e).__name__}")
-            if request.idempotency_key:  # a retry with the same key must be able to enqueue it
-                self.redis.delete(keys.idempotency_key(request.idempotency_key))
+            self.jobs.fail_to_enqueue(job_id, f"could not enqueue on {where}: {type(e).__name__}")
             raise SubmitError(f"job {job_id}: could not enqueue on {where}") from e
-        self.store.mark_sent(job_id)
+        self.jobs.mark_sent(job_id)
         log.info("job %s: queued on %s", job_id, self.settings.queue)
 
     def get(self, job_id: str) -> Job:
-        return self.store.get(job_id)
+        return self.jobs.get(job_id)
 
     def wait(
         self,
@@ -124,14 +124,14 @@ class NarrationClient:
         """One pub/sub connection per thread, kept between waits (a new one per wait costs a TCP handshake)."""
         pubsub: redis.client.PubSub | None = getattr(self._local, "pubsub", None)
         if pubsub is None:
-            pubsub = self._local.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._local.pubsub = self.jobs.redis.pubsub(ignore_subscribe_messages=True)
         return pubsub
 
     def cancel(self, job_id: str) -> Job:
-        return self.store.cancel(job_id)
+        return self.jobs.cancel(job_id)
 
     def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
-        return self.store.list(limit=limit, state=state)
+        return self.jobs.list(limit=limit, state=state)
 
     def download(self, job_id: str, destination: str | Path) -> Path:
         """Copy a succeeded job's narration to `destination`."""
@@ -146,4 +146,4 @@ class NarrationClient:
         pubsub = getattr(self._local, "pubsub", None)
         if pubsub is not None:
             pubsub.close()
-        self.redis.close()
+        self.jobs.close()

@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer import keys
 
-__all__ = ["Settings", "redact_url"]
+__all__ = ["DEFAULT_MODEL_ID", "Settings", "redact_url"]
+
+DEFAULT_MODEL_ID = "sesame/csm-1b"
 
 
 class Settings(BaseSettings):
@@ -24,7 +26,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     queue: str = keys.NARRATION_QUEUE
 
-    model_id: str = "sesame/csm-1b"
+    model_id: str = DEFAULT_MODEL_ID
     model_revision: str | None = None
     model_path: str | None = None
     device: str | None = None

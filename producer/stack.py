@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from producer import processes
+from producer.progress import wait_with_progress
 from producer.settings import Settings, redact_url
 
 __all__ = ["DEMO_TEXT", "run_stack"]
@@ -111,14 +112,13 @@ def _port_free(port: int) -> bool:
 
 
 def _demo(stack: Stack, settings: Settings) -> int:
-    from producer.cli import _wait_with_progress
     from producer.client import NarrationClient
-    from producer.jobs import JobState
+    from producer.states import JobState
 
     client = NarrationClient(settings)
     job = client.submit({"text": DEMO_TEXT})
     print(f"demo job   {job.id} submitted; waiting for the worker...")
-    job = _wait_with_progress(client, job.id, timeout=300)
+    job = wait_with_progress(client, job.id, timeout=300)
     stack.check_alive()
     if job.state is not JobState.SUCCEEDED:
         print(f"demo job   ended {job.state.value}: {job.error}")

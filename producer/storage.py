@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
+import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from producer.errors import StorageError, StorageUnavailableError
@@ -27,42 +28,39 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 MAX_CONNECTIONS = 50  # the HTTP pool of one client: several jobs at once (threads pool), each uploading in parallel
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+class Storage(ABC):
+    """Where a job's objects live; keys are <prefix>/<job id or folder>/<name>, never built from user text."""
 
+    bucket: str | None = None
+    prefix = ""
 
-class Storage(Protocol):
-    bucket: str | None
+    def key_for(self, job_id: str, name: str) -> str:
+        return "/".join(part for part in (self.prefix.strip("/"), job_id, name) if part)
 
-    def key_for(self, job_id: str, name: str) -> str: ...
-
+    @abstractmethod
     def url_for(self, key: str) -> str: ...
 
+    @abstractmethod
     def put_file(self, key: str, path: Path, content_type: str) -> None: ...
 
+    @abstractmethod
     def download(self, key: str, destination: Path) -> None: ...
 
+    @abstractmethod
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes | None: ...
 
+    @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
 
 
-def _join(prefix: str, job_id: str, name: str) -> str:
-    return "/".join(part for part in (prefix.strip("/"), job_id, name) if part)
-
-
-class LocalStorage:
+class LocalStorage(Storage):
     """Objects as files below a root directory; writes are atomic (temp file + rename)."""
-
-    bucket: str | None = None
 
     def __init__(self, root: Path) -> None:
         self.root = root
-
-    def key_for(self, job_id: str, name: str) -> str:
-        return _join("", job_id, name)
 
     def url_for(self, key: str) -> str:
         return (self.root / key).as_uri()
@@ -75,11 +73,10 @@ class LocalStorage:
         target = self.root / key
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-            os.close(fd)
+            tmp = str(target.parent / f".upload-{uuid.uuid4().hex}")
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the kernel applies the umask
             try:
                 fill(tmp)
-                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files follow the umask
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):
@@ -112,7 +109,7 @@ class LocalStorage:
             raise StorageError(f"cannot delete below {self.root}: {e.strerror}") from e
 
 
-class S3Storage:
+class S3Storage(Storage):
     """An S3-compatible bucket; large files go up as multipart uploads.
 
     Connection failures, timeouts, throttling and 5xx answers are retried with backoff for `retry_s` seconds, then
@@ -140,9 +137,6 @@ class S3Storage:
                                 read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
                 self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
             return self._client
-
-    def key_for(self, job_id: str, name: str) -> str:
-        return _join(self.prefix, job_id, name)
 
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -223,7 +217,7 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
-def open_storage(settings: Settings) -> LocalStorage | S3Storage:
+def open_storage(settings: Settings) -> Storage:
     parts = urlsplit(settings.storage_url)
     if parts.scheme == "file":
         return LocalStorage(settings.local_storage_root())

@@ -1,4 +1,5 @@
-"""JobStore: job records in Redis. Every state change is one guarded, atomic Lua script."""
+"""JobStore: the only door to job data in Redis. Every state change is a named transition of producer/states.py,
+applied atomically by a Lua script in producer/lua/."""
 
 from __future__ import annotations
 
@@ -7,109 +8,39 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
+from importlib.resources import files
 from typing import Any
 
 import redis
 
-from producer import keys
-from producer.errors import InvalidRequestError, JobNotFoundError
-from producer.jobs import ALLOWED_TRANSITIONS, Job, JobState, NarrationRequest
+from producer import keys, states
+from producer.errors import ErrorCode, JobNotFoundError, JobStateError
+from producer.job import Job
+from producer.request import NarrationRequest
+from producer.settings import Settings
+from producer.states import JobState, Transition
 
 __all__ = ["JobStore", "connect_redis", "is_job_id"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
-# KEYS: job hash, job index, idempotency key ('' when none), unsent set. ARGV: job id, created_at, field/value pairs.
-_CREATE = """
-if KEYS[3] ~= '' then
-  local existing = redis.call('GET', KEYS[3])
-  if existing then return {0, existing} end
-  redis.call('SET', KEYS[3], ARGV[1])
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-return {1, ARGV[1]}
-"""
 
-# KEYS: job hash, events channel, running-jobs set. ARGV: target state, allowed current states (comma separated),
-# ttl to set (0: none), '1' to count an attempt, now ('' to skip the queue-deadline check), then field/value
-# pairs. Returns {'ok', <the whole record, flattened>} or {'missing' | 'refused' | 'expired', current state}.
-_TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {'missing', ''} end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',', 1, true) then
-  return {'refused', current}
-end
-if current == 'queued' and ARGV[5] ~= '' then
-  local deadline = redis.call('HGET', KEYS[1], 'expires_at')
-  if deadline and tonumber(deadline) < tonumber(ARGV[5]) then return {'expired', current} end
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-if ARGV[1] == 'running' then
-  redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-else
-  redis.call('SREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  local idem = redis.call('HGET', KEYS[1], 'idempotency_redis_key')
-  if idem then redis.call('EXPIRE', idem, ttl) end
-end
-redis.call('PUBLISH', KEYS[2], ARGV[1])
-return {'ok', redis.call('HGETALL', KEYS[1])}
-"""
+def _script(name: str) -> str:
+    return files("producer").joinpath("lua", f"{name}.lua").read_text()
 
 
-# KEYS: job hash, events channel, dead-letter set, unsent set. ARGV: now, new queue deadline ('' for none).
-# failed (except invalid_request) or expired -> queued, the earlier end kept in 'history'; the record stops expiring.
-_REQUEUE = """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {'missing', ''} end
-local err = redis.call('HGET', KEYS[1], 'error')
-if (current ~= 'failed' and current ~= 'expired') or (err and string.find(err, '"code":"invalid_request"', 1, true))
-then return {'refused', current} end
-local history = cjson.decode(redis.call('HGET', KEYS[1], 'history') or '[]')
-table.insert(history, {state = current, error = err and cjson.decode(err) or cjson.null,
-  attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'),
-  finished_at = tonumber(redis.call('HGET', KEYS[1], 'finished_at') or '0')})
-redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'cancel_requested', 'expires_at')
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'history', cjson.encode(history))
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[2]) end
-redis.call('PERSIST', KEYS[1])
-local idem = redis.call('HGET', KEYS[1], 'idempotency_redis_key')
-if idem then redis.call('PERSIST', idem) end
-redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-redis.call('ZADD', KEYS[4], ARGV[1], redis.call('HGET', KEYS[1], 'id'))
-redis.call('PUBLISH', KEYS[2], 'queued')
-return {'ok', redis.call('HGETALL', KEYS[1])}
-"""
-
-
-class _QueueDeadlinePassed(Exception):
-    """The job waited in the queue past its queue_ttl_s."""
-
-
-# KEYS: lock. ARGV: token, ttl ms ('0' releases). Only the holder may refresh or release its lock.
-_LOCK_HOLDER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
-
-
-def connect_redis(url: str, retry_s: float) -> redis.Redis:
-    """A client whose commands ride out a Redis restart: lost connections are retried with backoff for ~retry_s."""
+def connect_redis(settings: Settings, retry_s: float | None = None, timeout_s: float | None = None) -> redis.Redis:
+    """The one way EchoForge builds a Redis client: lost connections are retried with backoff for ~retry_s
+    (default ECHOFORGE_REDIS_RETRY_S), so callers ride out a Redis restart; `timeout_s` bounds each socket call."""
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    retry_s = settings.redis_retry_s if retry_s is None else retry_s
     backoff_cap = 2.0
-    retries = max(3, int(retry_s / backoff_cap) + 5)  # 0.1, 0.2, ... 1.6 s, then every 2 s
-    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=backoff_cap, base=0.1), retries),
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    retries = max(3, int(retry_s / backoff_cap) + 5) if retry_s > 0 else 0  # 0.1, 0.2, ... 1.6 s, then every 2 s
+    return redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=backoff_cap, base=0.1), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 def is_job_id(value: object) -> bool:
@@ -120,16 +51,30 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+class _Overdue(Exception):
+    """A queued job's queue deadline passed before it could start."""
+
+
 class JobStore:
     """Reads and writes job records. Methods that change state return the new Job, or None when refused."""
 
     def __init__(self, client: redis.Redis, finished_ttl_s: int = keys.FINISHED_JOB_TTL_S) -> None:
         self.redis = client
         self.finished_ttl_s = finished_ttl_s
-        self._create = client.register_script(_CREATE)
-        self._transition = client.register_script(_TRANSITION)
-        self._lock_holder = client.register_script(_LOCK_HOLDER)
-        self._requeue = client.register_script(_REQUEUE)
+        self._create = client.register_script(_script("create"))
+        self._transition = client.register_script(_script("transition"))
+        self._retry = client.register_script(_script("retry"))
+        self._lock_holder = client.register_script(_script("lock_holder"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, retry_s: float | None = None,
+                      timeout_s: float | None = None) -> JobStore:
+        return cls(connect_redis(settings, retry_s, timeout_s), settings.finished_job_ttl_s)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # ---- records --------------------------------------------------------------------------------------------------
 
     def create(self, request: NarrationRequest, queue: str) -> tuple[Job, bool]:
         """A new queued job, or (existing job, False) when its idempotency key was used before."""
@@ -159,20 +104,120 @@ class JobStore:
         job = _job(data.items())
         deadline = data.get(b"expires_at")
         if job.state is JobState.QUEUED and deadline and float(deadline) < time.time():
-            # Expire on read too, so a job no worker picked up does not wait forever.
-            return self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(time.time())},
-                                   allowed_from=[JobState.QUEUED]) or self.get(job_id)
+            return self._expire(job_id)  # on read too, so a job no worker picked up does not wait forever
         return job
 
-    def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
-        """queued (or running, on redelivery) -> running; expired instead when its queue TTL passed."""
+    def peek(self, job_id: str, *names: str) -> list[str]:
+        """Raw fields of a record ('' when absent), with no side effect (no lazy expiry): for metrics."""
+        values: Any = self.redis.hmget(keys.job_key(job_id), list(names))
+        return [_text(v) if v is not None else "" for v in values]
+
+    # ---- transitions ----------------------------------------------------------------------------------------------
+
+    def apply(self, transition: Transition, job_id: str, fields: dict[str, str] | None = None) -> Job | None:
+        """Apply one named transition and write `fields` with it, atomically; None when the job's state refuses it.
+
+        Raises JobNotFoundError for a missing record.
+        """
+        if transition.retry:
+            return self._apply_retry(transition, job_id)
         now = time.time()
-        fields = {"started_at": repr(now), "worker": worker, "model": _dumps(model), "progress": _dumps(progress)}
-        try:
-            return self.transition(job_id, JobState.RUNNING, fields, count_attempt=True, now=now)
-        except _QueueDeadlinePassed:
-            self.transition(job_id, JobState.EXPIRED, {"finished_at": repr(now)}, allowed_from=[JobState.QUEUED])
+        flat = [item for pair in (fields or {}).items() for item in pair]
+        ttl = self.finished_ttl_s if transition.target.is_terminal else 0
+        status, record = self._transition(
+            keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY, keys.DEAD_LETTER_KEY,
+                  self._idempotency_key(job_id) if ttl or transition.releases_idempotency_key else ""],
+            args=[transition.target.value, _csv(transition.sources), ttl, _flag(transition.counts_attempt),
+                  transition.deadline.value, repr(now), _flag(transition.dead_letters),
+                  _flag(transition.releases_idempotency_key), job_id, *flat])
+        return self._outcome(job_id, _text(status), record)
+
+    def _apply_retry(self, transition: Transition, job_id: str) -> Job | None:
+        job = self.get(job_id)
+        ttl = job.request.get("queue_ttl_s")
+        now = time.time()
+        refused = transition.refuses_error.value if transition.refuses_error else ""
+        status, record = self._retry(
+            keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.DEAD_LETTER_KEY, keys.UNSENT_JOBS_KEY,
+                  self._idempotency_key(job_id)],
+            args=[transition.target.value, _csv(transition.sources), refused, repr(now),
+                  repr(now + ttl) if ttl else "", job_id])
+        return self._outcome(job_id, _text(status), record)
+
+    def _outcome(self, job_id: str, status: str, record: Any) -> Job | None:
+        if status == "missing":
+            raise JobNotFoundError(f"no job {job_id!r}")
+        if status == "overdue":
+            raise _Overdue(job_id)
+        if status != "ok":
             return None
+        return _job(zip(record[::2], record[1::2], strict=True))
+
+    def _idempotency_key(self, job_id: str) -> str:
+        """The job's idempotency key in Redis ('' when none): declared to the script that expires or drops it."""
+        return _text(self.redis.hget(keys.job_key(job_id), "idempotency_redis_key") or "")  # type: ignore[arg-type]
+
+    def _expire(self, job_id: str) -> Job:
+        """The one place a queued job past its queue deadline becomes expired (the script checks the deadline)."""
+        return self.apply(states.EXPIRE, job_id, {"finished_at": repr(time.time())}) or self.get(job_id)
+
+    def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
+        """queued (or running, on redelivery) -> running; None when it may not start (ended, or expired now)."""
+        fields = {"started_at": repr(time.time()), "worker": worker, "model": _dumps(model),
+                  "progress": _dumps(progress)}
+        try:
+            return self.apply(states.START, job_id, fields)
+        except _Overdue:
+            self._expire(job_id)
+            return None
+
+    def progress(self, job_id: str, **progress: Any) -> Job | None:
+        """Record progress of a running job; the returned record tells whether a cancel was asked for."""
+        return self.apply(states.PROGRESS, job_id, {"progress": _dumps(progress)})
+
+    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest, model: dict[str, Any],
+                **progress: Any) -> Job | None:
+        fields = {"result": _dumps(result), "finished_at": repr(time.time()), "model": _dumps(model),
+                  "request": _dumps(request.without_text()), "progress": _dumps(progress)}
+        return self.apply(states.SUCCEED, job_id, fields)
+
+    def fail(self, job_id: str, code: ErrorCode, message: str, transition: Transition = states.FAIL) -> Job | None:
+        fields = {"error": _dumps({"code": code.value, "message": message}), "finished_at": repr(time.time())}
+        return self.apply(transition, job_id, fields)
+
+    def fail_to_enqueue(self, job_id: str, message: str) -> Job | None:
+        """The queue refused the job's message: failed, and its idempotency key released so a retry can enqueue it."""
+        return self.fail(job_id, ErrorCode.ENQUEUE_FAILED, message, states.FAIL_TO_ENQUEUE)
+
+    def dead_letter(self, job_id: str, message: str) -> Job | None:
+        """Fail a job that keeps losing its worker, listed as dead-lettered in the same step."""
+        return self.fail(job_id, ErrorCode.REDELIVERY_LIMIT, message, states.DEAD_LETTER)
+
+    def retry(self, job_id: str) -> Job:
+        """An operator's retry: a failed (but valid) or expired job is queued again under the same id.
+
+        Its text, stored chunks and idempotency key are kept; `attempts` restarts and the earlier end is kept in
+        `history`. Raises JobStateError for jobs in any other state.
+        """
+        job = self.apply(states.RETRY, job_id)
+        if job is None:
+            current = self.get(job_id)
+            reason = "its request is invalid" if current.error and current.error.get("code") == \
+                ErrorCode.INVALID_REQUEST.value else f"it is {current.state.value}"
+            raise JobStateError(f"job {job_id} cannot be retried: {reason} (only failed or expired jobs can)")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one is asked to stop at its next check."""
+        done = self.apply(states.CANCEL, job_id, {"finished_at": repr(time.time())})
+        if done is None:
+            self.apply(states.REQUEST_CANCEL, job_id, {"cancel_requested": "1"})
+        return self.get(job_id)
+
+    def finish_canceled(self, job_id: str) -> Job | None:
+        return self.apply(states.FINISH_CANCEL, job_id, {"finished_at": repr(time.time())})
+
+    # ---- the run lock, the reaper's and the sender's bookkeeping ---------------------------------------------------
 
     def lock(self, job_id: str, token: str, ttl_s: float) -> bool:
         """Take the job's run lock; False while another delivery holds it."""
@@ -189,8 +234,8 @@ class JobStore:
         stale = []
         for raw in self.redis.smembers(keys.RUNNING_JOBS_KEY):  # type: ignore[union-attr]
             job_id = _text(raw)
-            state, started = self.redis.hmget(keys.job_key(job_id), ["state", "started_at"])  # type: ignore[misc]
-            if state is None or _text(state) != JobState.RUNNING.value:
+            state, started = self.peek(job_id, "state", "started_at")
+            if state != JobState.RUNNING.value:
                 self.redis.srem(keys.RUNNING_JOBS_KEY, job_id)
             elif not self.redis.exists(keys.job_lock_key(job_id)) and time.time() - float(started or 0) > grace_s:
                 stale.append(job_id)
@@ -209,86 +254,37 @@ class JobStore:
         ids: Any = self.redis.zrangebyscore(keys.UNSENT_JOBS_KEY, "-inf", time.time() - older_than_s, 0, 500)
         return [_text(i) for i in ids]
 
-    def dead_letter(self, job_id: str, message: str) -> Job | None:
-        """Fail a job that keeps losing its worker, and list it as dead-lettered."""
-        self.redis.zadd(keys.DEAD_LETTER_KEY, {job_id: time.time()})  # listed before anyone sees it failed
-        return self.fail(job_id, "redelivery_limit", message)
+    # ---- read-only queries ----------------------------------------------------------------------------------------
 
     def dead_lettered(self) -> list[str]:
         return [_text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]
 
-    def progress(self, job_id: str, **progress: Any) -> Job | None:
-        """Record progress of a running job; the returned record tells whether a cancel was asked for."""
-        return self.transition(job_id, JobState.RUNNING, {"progress": _dumps(progress)},
-                               allowed_from=[JobState.RUNNING])
+    def dead_letter_count(self) -> int:
+        return int(self.redis.zcard(keys.DEAD_LETTER_KEY))  # type: ignore[arg-type]
 
-    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest, **progress: Any) -> Job | None:
-        fields = {"result": _dumps(result), "finished_at": repr(time.time()),
-                  "request": _dumps(request.without_text()), "progress": _dumps(progress)}
-        return self.transition(job_id, JobState.SUCCEEDED, fields)
+    def queue_depths(self, queue: str) -> list[int]:
+        """Messages waiting in each of the queue's priority lists (keys.PRIORITY_STEPS order); running jobs' messages
+        are not in them."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in keys.priority_queue_lists(queue):
+            pipe.llen(name)
+        return [int(length) for length in pipe.execute()]
 
-    def fail(self, job_id: str, code: str, message: str) -> Job | None:
-        fields = {"error": _dumps({"code": code, "message": message}), "finished_at": repr(time.time())}
-        return self.transition(job_id, JobState.FAILED, fields)
-
-    def requeue(self, job_id: str) -> Job:
-        """An operator's retry: a failed (but valid) or expired job is queued again under the same id.
-
-        Its text, stored chunks and idempotency key are kept; `attempts` restarts and the earlier end is kept in
-        `history`. Raises InvalidRequestError for jobs in any other state.
-        """
-        job = self.get(job_id)
-        ttl = job.request.get("queue_ttl_s")
-        status, record = self._requeue(keys=[keys.job_key(job_id), keys.job_events_channel(job_id),
-                                             keys.DEAD_LETTER_KEY, keys.UNSENT_JOBS_KEY],
-                                       args=[repr(time.time()), repr(time.time() + ttl) if ttl else ""])
-        if _text(status) != "ok":
-            reason = "its request is invalid" if job.error and job.error.get("code") == "invalid_request" \
-                else f"it is {_text(record) or 'gone'}"
-            raise InvalidRequestError(f"job {job_id} cannot be retried: {reason} (only failed or expired jobs can)")
-        return _job(zip(record[::2], record[1::2], strict=True))
-
-    def cancel(self, job_id: str) -> Job:
-        """A queued job is canceled at once; a running one is asked to stop at its next check."""
-        done = self.transition(job_id, JobState.CANCELED, {"finished_at": repr(time.time())},
-                               allowed_from=[JobState.QUEUED])
-        if done is None:
-            self.transition(job_id, JobState.RUNNING, {"cancel_requested": "1"},
-                            allowed_from=[JobState.RUNNING])
-        return self.get(job_id)
-
-    def finish_canceled(self, job_id: str) -> Job | None:
-        return self.transition(job_id, JobState.CANCELED, {"finished_at": repr(time.time())},
-                               allowed_from=[JobState.RUNNING])
-
-    def transition(
-        self,
-        job_id: str,
-        target: JobState,
-        fields: dict[str, str],
-        allowed_from: Iterable[JobState] | None = None,
-        count_attempt: bool = False,
-        now: float | None = None,
-    ) -> Job | None:
-        """Move a job to `target` and write `fields`, atomically, only from an allowed state."""
-        sources = list(allowed_from) if allowed_from is not None else [
-            state for state, targets in ALLOWED_TRANSITIONS.items() if target in targets
-        ]
-        ttl = self.finished_ttl_s if target.is_terminal else 0
-        flat = [item for pair in fields.items() for item in pair]
-        status, record = self._transition(
-            keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY],
-            args=[target.value, ",".join(s.value for s in sources), ttl, "1" if count_attempt else "0",
-                  "" if now is None else repr(now), *flat],
-        )
-        status = _text(status)
-        if status == "missing":
-            raise JobNotFoundError(f"no job {job_id!r}")
-        if status == "expired":
-            raise _QueueDeadlinePassed(job_id)
-        if status == "refused":
-            return None
-        return _job(zip(record[::2], record[1::2], strict=True))
+    def count_by_state(self, limit: int) -> tuple[dict[str, int], float]:
+        """Job records by state among the newest `limit`, and how long the oldest queued one has waited (s)."""
+        ids: Any = self.redis.zrevrange(keys.JOB_INDEX_KEY, 0, limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job_key(_text(job_id)), ["state", "created_at"])
+        counts = {state.value: 0 for state in JobState}
+        oldest_queued, now = 0.0, time.time()
+        for state, created in pipe.execute() if ids else []:
+            if state is None:
+                continue
+            counts[_text(state)] = counts.get(_text(state), 0) + 1
+            if _text(state) == JobState.QUEUED.value and created:
+                oldest_queued = max(oldest_queued, now - float(created))
+        return counts, oldest_queued
 
     def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
         """Newest first; index entries whose record expired are pruned on the way."""
@@ -322,3 +318,11 @@ def _job(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> Job:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _csv(sources: Iterable[JobState]) -> str:
+    return ",".join(sorted(state.value for state in sources))

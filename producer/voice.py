@@ -8,7 +8,7 @@ from pathlib import Path
 
 from producer import keys
 from producer.errors import InvalidRequestError
-from producer.storage import LocalStorage, S3Storage
+from producer.storage import Storage
 
 __all__ = ["MAX_VOICE_PROMPT_S", "MIN_VOICE_PROMPT_S", "upload_voice_prompt", "voice_prompt_key"]
 
@@ -16,11 +16,11 @@ MIN_VOICE_PROMPT_S = 0.5
 MAX_VOICE_PROMPT_S = 20.0  # keeps the anchor well inside CSM's 2048-position budget (250 frames at most)
 
 
-def voice_prompt_key(storage: LocalStorage | S3Storage, sha256: str) -> str:
+def voice_prompt_key(storage: Storage, sha256: str) -> str:
     return storage.key_for(keys.VOICES_FOLDER, f"{sha256}.wav")
 
 
-def upload_voice_prompt(path: str | Path, storage: LocalStorage | S3Storage) -> str:
+def upload_voice_prompt(path: str | Path, storage: Storage) -> str:
     """Store the recording as <prefix>/voices/<sha256>.wav and return the sha256 the request carries."""
     import numpy as np
     import soundfile as sf

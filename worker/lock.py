@@ -9,15 +9,12 @@ import threading
 import uuid
 from types import TracebackType
 
+from producer.errors import JobBusyError
 from producer.store import JobStore
 
-__all__ = ["JobBusyError", "JobLock"]
+__all__ = ["JobLock"]
 
 log = logging.getLogger(__name__)
-
-
-class JobBusyError(Exception):
-    """Another delivery of this job holds its lock (Redis redelivered it while it still runs)."""
 
 
 class JobLock:

@@ -27,11 +27,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producer import keys
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
+from producer.store import JobStore
 
-__all__ = ["enabled", "job_finished", "job_starting", "model_ready", "observe_progress", "process_exiting", "retried",
-           "start_server", "stop_server"]
+__all__ = ["WorkerMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -84,88 +84,121 @@ class _Run:
     chunk_seconds: float = 0.0
 
 
-_metrics: _Metrics | None = None
-_runs: dict[str, _Run] = {}  # the jobs this process runs (several under the threads pool)
-_server: Any = None
-_dir: Path | None = None
+class WorkerMetrics:
+    """One worker's metrics: the multiprocess directory and /metrics server (main process), the metric objects every
+    process writes to, and the runs of the jobs this process is running (several under the threads pool)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._metrics: _Metrics | None = None
+        self._runs: dict[str, _Run] = {}
+        self._server: Any = None
+        self._dir: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._metrics is not None
+
+    def start_server(self, hostname: str) -> None:
+        """In the worker's main process, before the pool forks: the metrics directory and the /metrics server."""
+        if not self.settings.metrics_port or self._metrics is not None:
+            return
+        self._dir = Path(tempfile.mkdtemp(prefix="echoforge-metrics-"))
+        # prometheus_client's multiprocess mode is configured by this variable; pool processes inherit it at fork.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._dir)
+        values.ValueClass = values.get_value_class()  # prometheus_client chose its value class at import
+        registry = CollectorRegistry()
+        registry.register(_ProcessFiles(self._dir))
+        registry.register(_RedisCollector(self.settings))
+        try:
+            self._server, _ = start_http_server(self.settings.metrics_port, registry=registry)
+        except OSError as e:
+            log.error("metrics off: cannot serve on port %d: %s", self.settings.metrics_port, e)
+            self.stop_server()
+            return
+        self._metrics = _Metrics()
+        log.info("metrics on :%d/metrics (%s)", self.settings.metrics_port, hostname)
+
+    def stop_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._metrics = self._server = self._dir = None
+
+    def process_exiting(self) -> None:
+        """A pool process on its way out: its live gauges must stop counting."""
+        if self._dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), str(self._dir))
+
+    def model_ready(self, info: dict[str, Any]) -> None:
+        """A pool process built its runtime: what it serves with, and whether that was a fallback."""
+        if self._metrics is None:
+            return
+        kind, device = str(info.get("kind") or "none"), str(info.get("device") or "")
+        self._metrics.model.labels(kind, str(info.get("id") or ""), device).set(1)
+        if info.get("fallback_reason") or not info:
+            self._metrics.fallbacks.labels(kind, device).inc()
+
+    def job_starting(self, job_id: str, jobs: JobStore) -> None:
+        """task_prerun: the job's state before this run, and its queue wait when this is its first start."""
+        if self._metrics is None:
+            return
+        state, created, attempts = jobs.peek(job_id, "state", "created_at", "attempts")
+        now = time.time()
+        run = self._runs[job_id] = _Run(job_id, now, time.monotonic(), state)
+        run.mark = (run.mono, 0, 0.0)
+        self._metrics.starts.inc()
+        self._metrics.in_progress.inc()
+        if state == JobState.QUEUED.value and created:
+            self._metrics.queue_wait.observe(max(0.0, now - float(created)))
+        elif state == JobState.RUNNING.value and int(attempts or 0) > 0:
+            self._metrics.redeliveries.inc()
+
+    def observe_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """After every stored chunk (the job's progress hook): chunks, audio and wall time of this run."""
+        run = self._runs.get(job_id)
+        if self._metrics is None or run is None:
+            return
+        try:
+            _observe_chunk(self._metrics, run, progress)
+        except Exception:  # metrics must never stop a job
+            log.warning("job %s: chunk metrics failed", job_id, exc_info=True)
+
+    def job_finished(self, job_id: str, jobs: JobStore) -> None:
+        """task_postrun: count the job once, by the run that moved it to its terminal state."""
+        run = self._runs.pop(job_id, None)
+        if self._metrics is None or run is None:
+            return
+        self._metrics.in_progress.dec()
+        if run.chunks:
+            self._metrics.chunk_duration.observe(run.chunk_seconds / run.chunks)
+        state, started, finished, error, model, result = jobs.peek(
+            job_id, "state", "started_at", "finished_at", "error", "model", "result")
+        if not state or not JobState(state).is_terminal or not finished or float(finished) < run.wall:
+            return  # still running elsewhere, retried, or ended before this run
+        if run.state_before != JobState.QUEUED.value and float(started or 0) < run.wall:
+            return  # another delivery started the run that ended it (this one found it busy, or already over)
+        _count_job(self._metrics, state, error, model, result, time.monotonic() - run.mono)
+
+    def retried(self) -> None:
+        if self._metrics is not None:
+            self._metrics.retries.inc()
+
+    def task_failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.task_failures.inc()
 
 
-def enabled() -> bool:
-    return _metrics is not None
-
-
-def start_server(settings: Settings, hostname: str) -> None:
-    """In the worker's main process, before the pool forks: the metrics directory and the /metrics server."""
-    global _metrics, _server, _dir
-    if not settings.metrics_port or _metrics is not None:
-        return
-    _dir = Path(tempfile.mkdtemp(prefix="echoforge-metrics-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_dir)
-    values.ValueClass = values.get_value_class()  # in case prometheus_client was imported before the variable
-    registry = CollectorRegistry()
-    registry.register(_ProcessFiles(_dir))
-    registry.register(_RedisCollector(settings))
-    try:
-        _server, _ = start_http_server(settings.metrics_port, registry=registry)
-    except OSError as e:
-        log.error("metrics off: cannot serve on port %d: %s", settings.metrics_port, e)
-        stop_server()
-        return
-    _metrics = _Metrics()
-    log.info("metrics on :%d/metrics (%s)", settings.metrics_port, hostname)
-
-
-def stop_server() -> None:
-    global _metrics, _server, _dir
-    if _server is not None:
-        _server.shutdown()
-    if _dir is not None:
-        shutil.rmtree(_dir, ignore_errors=True)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    _metrics = _server = _dir = None
-
-
-def process_exiting() -> None:
-    """A pool process on its way out: its live gauges must stop counting."""
-    if _dir is not None:
-        multiprocess.mark_process_dead(os.getpid(), str(_dir))
-
-
-def model_ready(info: dict[str, Any]) -> None:
-    """A pool process built its runtime: what it serves with, and whether that was a fallback."""
-    if _metrics is None:
-        return
-    kind, device = str(info.get("kind") or "none"), str(info.get("device") or "")
-    _metrics.model.labels(kind, str(info.get("id") or ""), device).set(1)
-    if info.get("fallback_reason") or not info:
-        _metrics.fallbacks.labels(kind, device).inc()
-
-
-def job_starting(job_id: str, client: redis.Redis) -> None:
-    """task_prerun: the job's state before this run, and its queue wait when this is its first start."""
-    if _metrics is None:
-        return
-    state, created, attempts = _fields(client, job_id, "state", "created_at", "attempts")
-    now = time.time()
-    run = _runs[job_id] = _Run(job_id, now, time.monotonic(), state)
-    run.mark = (run.mono, 0, 0.0)
-    _metrics.starts.inc()
-    _metrics.in_progress.inc()
-    if state == JobState.QUEUED.value and created:
-        _metrics.queue_wait.observe(max(0.0, now - float(created)))
-    elif state == JobState.RUNNING.value and int(attempts or 0) > 0:
-        _metrics.redeliveries.inc()
-
-
-def observe_progress(job_id: str, progress: dict[str, Any]) -> None:
-    """After every stored chunk (the pipeline's progress hook): chunks, audio and wall time of this run."""
-    run = _runs.get(job_id)
-    if _metrics is None or run is None:
-        return
-    try:
-        _observe_chunk(_metrics, run, progress)
-    except Exception:  # metrics must never stop a job
-        log.warning("job %s: chunk metrics failed", job_id, exc_info=True)
+def _count_job(m: _Metrics, state: str, error: str, model: str, result: str, elapsed: float) -> None:
+    info = json.loads(model) if model else {}
+    code = str(json.loads(error).get("code", "")) if error else ""
+    m.jobs.labels(state, code, str(info.get("kind", "")), str(info.get("device", ""))).inc()
+    m.job_seconds.labels(state).observe(elapsed)
+    duration = float(json.loads(result).get("duration_s") or 0) if result else 0.0
+    if state == JobState.SUCCEEDED.value and duration > 0:
+        m.job_rtf.observe(elapsed / duration)
 
 
 def _observe_chunk(m: _Metrics, run: _Run, progress: dict[str, Any]) -> None:
@@ -180,49 +213,6 @@ def _observe_chunk(m: _Metrics, run: _Run, progress: dict[str, Any]) -> None:
         m.chunks.inc(done - done_before)
         m.chunk_seconds.inc(now - before)
         m.audio_seconds.inc(max(0.0, audio - audio_before))
-
-
-def job_finished(job_id: str, client: redis.Redis) -> None:
-    """task_postrun: count the job once, by the run that moved it to its terminal state."""
-    run = _runs.pop(job_id, None)
-    if _metrics is None or run is None:
-        return
-    _metrics.in_progress.dec()
-    if run.chunks:
-        _metrics.chunk_duration.observe(run.chunk_seconds / run.chunks)
-    state, started, finished, error, model, result = _fields(
-        client, job_id, "state", "started_at", "finished_at", "error", "model", "result")
-    if not state or not JobState(state).is_terminal or not finished or float(finished) < run.wall:
-        return  # still running elsewhere, retried, or ended before this run
-    if run.state_before != JobState.QUEUED.value and float(started or 0) < run.wall:
-        return  # another delivery started the run that ended it (this one found it busy, or already over)
-    info = json.loads(model) if model else {}
-    code = str(json.loads(error).get("code", "")) if error else ""
-    elapsed = time.monotonic() - run.mono
-    _metrics.jobs.labels(state, code, str(info.get("kind", "")), str(info.get("device", ""))).inc()
-    _metrics.job_seconds.labels(state).observe(elapsed)
-    duration = float(json.loads(result).get("duration_s") or 0) if result else 0.0
-    if state == JobState.SUCCEEDED.value and duration > 0:
-        _metrics.job_rtf.observe(elapsed / duration)
-
-
-def retried() -> None:
-    if _metrics is not None:
-        _metrics.retries.inc()
-
-
-def task_failed() -> None:
-    if _metrics is not None:
-        _metrics.task_failures.inc()
-
-
-def _fields(client: redis.Redis, job_id: str, *names: str) -> list[str]:
-    """Raw fields of a job record ('' when absent): no side effects, unlike JobStore.get's lazy expiry."""
-    return [_text(v) for v in client.hmget(keys.job_key(job_id), list(names))]  # type: ignore[union-attr]
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 class _ProcessFiles(Collector):
@@ -251,10 +241,11 @@ def _alive(pid: int) -> bool:
 
 
 class _RedisCollector(Collector):
-    """Read at scrape time: the queue's lists (every priority step), job records by state, dead letters."""
+    """Read at scrape time through the job store: the queue's lists (every priority step), job records by state,
+    dead letters. No retries: a scrape must answer fast, and reports redis_up 0 instead."""
 
     def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.jobs = JobStore.from_settings(settings, retry_s=0, timeout_s=5)
         self.queue = settings.queue
 
     def collect(self) -> Iterator[Any]:
@@ -273,31 +264,10 @@ class _RedisCollector(Collector):
     def _families(self) -> Iterator[Any]:
         depth = GaugeMetricFamily("echoforge_queue_depth", "Messages waiting in the queue's Redis list, per "
                                   "priority step (running jobs are not in the list)", labels=["queue", "step"])
-        pipe = self.client.pipeline(transaction=False)
-        lists = keys.priority_queue_lists(self.queue)
-        for name in lists:
-            pipe.llen(name)
-        for step, length in zip(keys.PRIORITY_STEPS, pipe.execute(), strict=True):
-            depth.add_metric([self.queue, str(step)], int(length))
+        for step, length in zip(keys.PRIORITY_STEPS, self.jobs.queue_depths(self.queue), strict=True):
+            depth.add_metric([self.queue, str(step)], length)
         yield depth
-        yield from self._states()
-        dead = GaugeMetricFamily("echoforge_dead_letter_jobs", "Jobs failed as redelivery_limit, still listed")
-        dead.add_metric([], int(self.client.zcard(keys.DEAD_LETTER_KEY)))  # type: ignore[arg-type]
-        yield dead
-
-    def _states(self) -> Iterator[Any]:
-        ids: Any = self.client.zrevrange(keys.JOB_INDEX_KEY, 0, STATE_SCAN_LIMIT - 1)
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(keys.job_key(_text(job_id)), ["state", "created_at"])
-        counts = {state.value: 0 for state in JobState}
-        oldest_queued = 0.0
-        now = time.time()
-        for state, created in pipe.execute() if ids else []:
-            if state is not None:
-                counts[_text(state)] = counts.get(_text(state), 0) + 1
-            if _text(state) == JobState.QUEUED.value and created:
-                oldest_queued = max(oldest_queued, now - float(created))
+        counts, oldest_queued = self.jobs.count_by_state(STATE_SCAN_LIMIT)
         jobs = GaugeMetricFamily("echoforge_job_records", f"Job records in Redis by state (newest "
                                  f"{STATE_SCAN_LIMIT}; finished ones expire)", labels=["state"])
         for state_name, count in counts.items():
@@ -306,3 +276,6 @@ class _RedisCollector(Collector):
         age = GaugeMetricFamily("echoforge_oldest_queued_job_age_seconds", "How long the oldest queued job waited")
         age.add_metric([], oldest_queued)
         yield age
+        dead = GaugeMetricFamily("echoforge_dead_letter_jobs", "Jobs failed as redelivery_limit, still listed")
+        dead.add_metric([], self.jobs.dead_letter_count())
+        yield dead

@@ -14,8 +14,9 @@ from celery import Celery
 
 from producer.celery_config import send_job
 from producer.errors import JobNotFoundError
-from producer.jobs import JobState
+from producer.request import DEFAULT_PRIORITY
 from producer.settings import Settings
+from producer.states import JobState
 from producer.store import JobStore
 
 __all__ = ["reap_once", "start_reaper"]
@@ -46,7 +47,7 @@ def send_unsent(store: JobStore, app: Celery, settings: Settings) -> list[str]:
             job = None
         if job is not None and job.state is JobState.QUEUED and store.claim_reap(job_id, settings.job_lock_ttl_s * 3):
             log.warning("job %s: recorded but never sent (its producer died?); sent now", job_id)
-            send_job(app, job_id, settings.queue, job.request.get("priority", 5))
+            send_job(app, job_id, settings.queue, job.request.get("priority", DEFAULT_PRIORITY))
             sent.append(job_id)
         store.mark_sent(job_id)
     return sent

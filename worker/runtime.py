@@ -1,19 +1,19 @@
-"""What one worker process holds for its lifetime: settings, store, storage and the model, built after fork."""
+"""What one worker process holds for its lifetime: settings, the job store, the object store and the model."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from producer.settings import Settings
-from producer.storage import LocalStorage, S3Storage, open_storage
-from producer.store import JobStore, connect_redis
+from producer.storage import Storage, open_storage
+from producer.store import JobStore
 from worker.models import CSMModelError, SpeechModel, create_csm_model
 
-__all__ = ["Runtime", "get_runtime", "load_model", "share_model_between"]
+__all__ = ["Runtime", "WorkerProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -21,56 +21,51 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
-    store: JobStore
-    storage: LocalStorage | S3Storage
+    jobs: JobStore  # job records in Redis
+    objects: Storage  # chunks, narrations, captions, manifests
     model: SpeechModel | None
-    model_info: dict[str, Any] = field(default_factory=dict)
-    model_error: str | None = None
+    model_error: str | None = None  # why there is no model
+
+    def model_info(self) -> dict[str, Any]:
+        """What a job record says about the model that runs it (read live: e.g. a graph capture that failed)."""
+        return self.model.describe() if self.model is not None else {}
 
 
-def load_model(settings: Settings) -> tuple[SpeechModel, dict[str, Any]]:
-    """The model this process serves with, and what job records say about it."""
-    model = create_csm_model(settings=settings)
-    return model, model.describe()
+class WorkerProcess:
+    """Builds this process's Runtime on first use, after fork (a forked child never inherits its parent's); thread
+    safe. `job_slots` > 1 (threads pool) makes the jobs share one model through a BatchingModel."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.job_slots = 1
+        self._runtime: Runtime | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
 
-_runtime: Runtime | None = None
-_runtime_pid: int | None = None
-_runtime_lock = threading.Lock()
-_job_slots = 1  # jobs this process runs at once: the threads pool's concurrency, else 1
+    def share_model_between(self, job_slots: int) -> None:
+        """Called before the model loads when this process runs `job_slots` jobs at once (threads pool)."""
+        self.job_slots = job_slots
 
+    def runtime(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None or self._pid != os.getpid():
+                self._runtime = self._build()
+                self._pid = os.getpid()
+            return self._runtime
 
-def share_model_between(job_slots: int) -> None:
-    """Called before the model loads when this process runs `job_slots` jobs at once (threads pool): they then share
-    one model through a BatchingModel, which decodes their chunks in common batches."""
-    global _job_slots
-    _job_slots = job_slots
+    def _build(self) -> Runtime:
+        settings = self.settings
+        model: SpeechModel | None = None
+        error: str | None = None
+        try:
+            model = create_csm_model(settings=settings)
+            log.info("model ready: %s", model.describe())
+        except CSMModelError as e:
+            error = str(e)
+            log.error("no model in this process, jobs will fail: %s", error)
+        if model is not None and model.kind == "csm" and self.job_slots > 1:
+            from worker.batcher import BatchingModel
 
-
-def get_runtime(settings: Settings | None = None) -> Runtime:
-    """This process's Runtime, built on first use (never inherited across a fork); thread-safe."""
-    global _runtime, _runtime_pid
-    with _runtime_lock:
-        if _runtime is None or _runtime_pid != os.getpid():
-            _runtime = _build_runtime(settings or Settings())
-            _runtime_pid = os.getpid()
-        return _runtime
-
-
-def _build_runtime(settings: Settings) -> Runtime:
-    store = JobStore(connect_redis(settings.redis_url, settings.redis_retry_s), settings.finished_job_ttl_s)
-    model: SpeechModel | None = None
-    info: dict[str, Any] = {}
-    error: str | None = None
-    try:
-        model, info = load_model(settings)
-        log.info("model ready: %s", info)
-    except CSMModelError as e:
-        error = str(e)
-        log.error("no model in this process, jobs will fail: %s", error)
-    if model is not None and model.kind == "csm" and _job_slots > 1:
-        from worker.batcher import BatchingModel
-
-        model = BatchingModel(model, settings.batch_wait_ms / 1000)
-        log.info("%d jobs at a time share the model, up to %d texts per batch", _job_slots, model.batch_size)
-    return Runtime(settings, store, open_storage(settings), model, info, error)
+            model = BatchingModel(model, settings.batch_wait_ms / 1000)
+            log.info("%d jobs at a time share the model, up to %d texts per batch", self.job_slots, model.batch_size)
+        return Runtime(settings, JobStore.from_settings(settings), open_storage(settings), model, error)

@@ -1,4 +1,5 @@
-"""Load the model once per pool process, after fork: nothing touches CUDA in the Celery parent. Metrics hooks."""
+"""Celery's lifecycle, wired to a worker's parts: the model loads once per pool process after fork (nothing touches
+CUDA in the Celery parent), the reaper runs in the main process, metrics follow every job."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import threading
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.signals import (
     task_failure,
     task_postrun,
@@ -21,36 +22,15 @@ from celery.signals import (
 )
 
 from producer import keys
-from worker import metrics
-from worker.runtime import get_runtime, share_model_between
+from producer.settings import Settings
+from producer.store import JobStore
+from worker.metrics import WorkerMetrics
+from worker.reaper import start_reaper
+from worker.runtime import WorkerProcess
 
-__all__: list[str] = []
+__all__ = ["WorkerSignals"]
 
 log = logging.getLogger(__name__)
-
-
-@worker_ready.connect
-def _start_reaper(sender: Any = None, **_: Any) -> None:
-    """In the worker's main process: watch for running jobs whose worker died."""
-    from producer.store import JobStore, connect_redis
-    from worker.app import app, settings
-    from worker.reaper import start_reaper
-
-    store = JobStore(connect_redis(settings.redis_url, settings.redis_retry_s), settings.finished_job_ttl_s)
-    start_reaper(app, settings, store)
-
-
-def _load_model() -> None:
-    from worker.app import settings
-
-    metrics.model_ready(get_runtime(settings).model_info)
-    # torch + transformers leave millions of long-lived objects; keep the collector from re-scanning them per job.
-    gc.freeze()
-
-
-@worker_process_init.connect
-def _load_model_in_child(**_: Any) -> None:
-    _load_model()
 
 
 def _threads_pool(worker: Any) -> bool:
@@ -68,70 +48,70 @@ def _concurrency(worker: Any) -> int:
         return 1
 
 
-@worker_init.connect
-def _start_metrics(sender: Any = None, **_: Any) -> None:
-    """In the main process, before the pool forks: the multiprocess metrics directory and /metrics."""
-    from worker.app import settings
+class WorkerSignals:
+    """The handlers of one worker app; `connect()` registers them with Celery."""
 
-    metrics.start_server(settings, getattr(sender, "hostname", None) or "worker")
+    def __init__(self, app: Celery, settings: Settings, process: WorkerProcess, metrics: WorkerMetrics) -> None:
+        self.app, self.settings, self.process, self.metrics = app, settings, process, metrics
 
+    def connect(self) -> None:
+        for signal, handler in (
+            (worker_init, self.worker_init), (worker_ready, self.worker_ready),
+            (worker_shutdown, self.worker_shutdown), (worker_process_init, self.pool_process_init),
+            (worker_process_shutdown, self.pool_process_shutdown), (task_prerun, self.task_prerun),
+            (task_postrun, self.task_postrun), (task_retry, self.task_retry), (task_failure, self.task_failure),
+        ):
+            signal.connect(handler, weak=False)
 
-@worker_init.connect
-def _share_model_in_threads_pool(sender: Any = None, **_: Any) -> None:
-    """Under the threads pool the jobs run in this process and share one model (loaded once the worker is ready)."""
-    if _threads_pool(sender):
-        share_model_between(_concurrency(sender))
+    def worker_init(self, sender: Any = None, **_: Any) -> None:
+        """In the main process, before the pool forks: metrics; under the threads pool the jobs share one model."""
+        self.metrics.start_server(getattr(sender, "hostname", None) or "worker")
+        if _threads_pool(sender):
+            self.process.share_model_between(_concurrency(sender))
 
+    def worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """In the main process: the reaper; under the threads pool, the model (loaded in the background: tasks that
+        arrive meanwhile wait for it)."""
+        start_reaper(self.app, self.settings, JobStore.from_settings(self.settings))
+        if _threads_pool(getattr(sender, "controller", sender)):
+            threading.Thread(target=self._load_model_logged, name="echoforge-model-load", daemon=True).start()
 
-@worker_ready.connect
-def _load_model_in_threads_pool(sender: Any = None, **_: Any) -> None:
-    """Threads pool: load now, in the background (tasks that arrive meanwhile wait for it in get_runtime)."""
-    worker = getattr(sender, "controller", sender)
-    if _threads_pool(worker):
-        threading.Thread(target=_load_model_logged, name="echoforge-model-load", daemon=True).start()
+    def worker_shutdown(self, **_: Any) -> None:
+        self.metrics.stop_server()
 
+    def pool_process_init(self, **_: Any) -> None:
+        self._load_model()
 
-def _load_model_logged() -> None:
-    try:
-        _load_model()
-    except Exception:  # the first job builds the runtime again and fails with the reason
-        log.exception("loading the model failed")
+    def pool_process_shutdown(self, **_: Any) -> None:
+        self.metrics.process_exiting()
 
+    def _load_model(self) -> None:
+        self.metrics.model_ready(self.process.runtime().model_info())
+        # torch + transformers leave millions of long-lived objects; keep the collector from re-scanning them per job.
+        gc.freeze()
 
-@worker_shutdown.connect
-def _stop_metrics(**_: Any) -> None:
-    metrics.stop_server()
+    def _load_model_logged(self) -> None:
+        try:
+            self._load_model()
+        except Exception:  # the first job builds the runtime again and fails with the reason
+            log.exception("loading the model failed")
 
+    def _narration_job(self, sender: Task | None, args: Any) -> str | None:
+        """The job id of a narration task, when metrics are on."""
+        if self.metrics.enabled and sender is not None and sender.name == keys.NARRATE_TASK and args:
+            return args[0] if isinstance(args[0], str) else None
+        return None
 
-@worker_process_shutdown.connect
-def _child_exiting(**_: Any) -> None:
-    metrics.process_exiting()
+    def task_prerun(self, sender: Task | None = None, args: Any = None, **_: Any) -> None:
+        if job_id := self._narration_job(sender, args):
+            self.metrics.job_starting(job_id, self.process.runtime().jobs)
 
+    def task_postrun(self, sender: Task | None = None, args: Any = None, **_: Any) -> None:
+        if job_id := self._narration_job(sender, args):
+            self.metrics.job_finished(job_id, self.process.runtime().jobs)
 
-def _narration_job(sender: Task | None, args: Any) -> str | None:
-    """The job id of a narration task, when metrics are on."""
-    if metrics.enabled() and sender is not None and sender.name == keys.NARRATE_TASK and args:
-        return args[0] if isinstance(args[0], str) else None
-    return None
+    def task_retry(self, **_: Any) -> None:
+        self.metrics.retried()
 
-
-@task_prerun.connect
-def _job_starting(sender: Task | None = None, args: Any = None, **_: Any) -> None:
-    if job_id := _narration_job(sender, args):
-        metrics.job_starting(job_id, get_runtime().store.redis)
-
-
-@task_postrun.connect
-def _job_finished(sender: Task | None = None, args: Any = None, **_: Any) -> None:
-    if job_id := _narration_job(sender, args):
-        metrics.job_finished(job_id, get_runtime().store.redis)
-
-
-@task_retry.connect
-def _task_retried(**_: Any) -> None:
-    metrics.retried()
-
-
-@task_failure.connect
-def _task_failed(**_: Any) -> None:
-    metrics.task_failed()
+    def task_failure(self, **_: Any) -> None:
+        self.metrics.task_failed()

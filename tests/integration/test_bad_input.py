@@ -19,8 +19,8 @@ import redis
 from producer import keys
 from producer.client import NarrationClient
 from producer.errors import InvalidRequestError
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 from tests.unit.test_request import BAD_FIELDS
 
@@ -31,7 +31,7 @@ def test_the_client_refuses_bad_fields_and_enqueues_nothing(
 ) -> None:
     with pytest.raises(InvalidRequestError, match=names):
         client.submit(fields)
-    assert client.redis.dbsize() == 0, "no record, no message, no idempotency key"
+    assert client.jobs.redis.dbsize() == 0, "no record, no message, no idempotency key"
 
 
 def test_the_cli_refuses_bad_input_with_exit_2_and_enqueues_nothing(settings: Settings, tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_raw_redis_messages_with_bad_requests_fail_as_invalid_and_the_worker_kee
     client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
 ) -> None:
     worker = start_worker(settings)
-    r, queue = client.redis, settings.queue
+    r, queue = client.jobs.redis, settings.queue
     forged = {_forged_job(r, queue, fields): names for fields, names in BAD_FIELDS}
     for raw in (_raw_message(queue, None, body=b"\xff not json {"),
                 _raw_message(queue, None, content_type="application/x-python-serialize", body=b"\x80\x04K\x01."),

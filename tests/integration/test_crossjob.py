@@ -11,8 +11,8 @@ import psutil
 
 from producer import processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 from tests.integration.test_longform import _generations, _wait_until
 from tests.integration.test_metrics import scrape, value, wait_for

@@ -17,8 +17,8 @@ import soundfile as sf
 
 from producer import keys
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 TEXT = "The lighthouse keeper counted the waves. Forty-two came before the dawn, and each one sang."

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 

@@ -15,8 +15,8 @@ import pytest
 from producer import keys
 from producer.celery_config import redis_priority
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _wait_until
 
@@ -50,7 +50,7 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
     final = client.wait(job.id, timeout=120)
     assert final.state is JobState.FAILED and final.error is not None
     assert final.error["code"] == "redelivery_limit" and "ECHOFORGE_MAX_ATTEMPTS=2" in final.error["message"]
-    assert job.id in client.store.dead_lettered()
+    assert job.id in client.jobs.dead_lettered()
     listed = services.run_cli(settings, "list", "--dead-letter", "--json")
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
 

@@ -12,8 +12,8 @@ import requests
 
 from producer import processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 AUTH = ("operator", "flower-test-password")

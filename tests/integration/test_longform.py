@@ -16,8 +16,9 @@ import pytest
 import soundfile as sf
 
 from producer.client import NarrationClient
-from producer.jobs import Job, JobState
+from producer.job import Job
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 CHAPTER = (Path(__file__).resolve().parents[1] / "fixtures" / "chapter.txt").read_text()

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer import processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,9 @@ import pytest
 
 from producer import keys, processes
 from producer.client import NarrationClient
-from producer.jobs import JobState, NarrationRequest
+from producer.request import NarrationRequest
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _wait_until
 from tests.network import TcpRelay
@@ -100,7 +101,7 @@ def test_a_redis_restart_mid_job_is_ridden_out(
 
         final = client.wait(job.id, timeout=180)
         assert final.state is JobState.SUCCEEDED, final.error
-        assert client.store.stale_running(grace_s=0) == [], "nothing is left running"
+        assert client.jobs.stale_running(grace_s=0) == [], "nothing is left running"
     finally:
         client.close()
         processes.stop(proc, grace_s=5)
@@ -130,13 +131,13 @@ def test_a_job_whose_producer_died_before_sending_it_is_sent_by_a_reaper(
     client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
 ) -> None:
     # What a producer that crashed between recording the job and sending its message leaves behind.
-    orphan, _ = client.store.create(NarrationRequest.parse({"text": "Nobody sent me."}), settings.queue)
+    orphan, _ = client.jobs.create(NarrationRequest.parse({"text": "Nobody sent me."}), settings.queue)
     sent = client.submit({"text": "I was sent."})
-    assert client.redis.zrange(keys.UNSENT_JOBS_KEY, 0, -1) == [orphan.id.encode()]
+    assert client.jobs.redis.zrange(keys.UNSENT_JOBS_KEY, 0, -1) == [orphan.id.encode()]
 
     worker = start_worker(settings, extra_env=SLOW)
     assert client.wait(sent.id, timeout=60).state is JobState.SUCCEEDED
     final = client.wait(orphan.id, timeout=60)
     assert final.state is JobState.SUCCEEDED and final.attempts == 1
     assert f"job {orphan.id}: recorded but never sent" in worker.log()
-    assert client.redis.zcard(keys.UNSENT_JOBS_KEY) == 0
+    assert client.jobs.redis.zcard(keys.UNSENT_JOBS_KEY) == 0

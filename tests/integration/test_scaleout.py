@@ -26,8 +26,8 @@ import redis
 
 from producer import processes
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 JOBS = 40

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from producer import keys
-from producer.errors import JobNotFoundError
-from producer.jobs import JobState, NarrationRequest
+from producer import keys, states
+from producer.errors import ErrorCode, JobNotFoundError, JobStateError
+from producer.request import NarrationRequest
+from producer.states import JobState
 from producer.store import JobStore
 
 
@@ -27,8 +28,8 @@ def test_terminal_states_never_change(store: JobStore) -> None:
     job, created = store.create(_request(), "q")
     assert created and job.state is JobState.QUEUED
     assert store.start(job.id, "w1", {"kind": "placeholder"}) is not None
-    assert store.succeed(job.id, {"key": "k"}, _request()) is not None
-    assert store.fail(job.id, "late", "too late") is None
+    assert store.succeed(job.id, {"key": "k"}, _request(), {"kind": "placeholder"}) is not None
+    assert store.fail(job.id, ErrorCode.INTERNAL_ERROR, "too late") is None
     assert store.start(job.id, "w2", {}) is None
     assert store.finish_canceled(job.id) is None
     final = store.get(job.id)
@@ -85,3 +86,55 @@ def test_an_idempotency_key_reused_with_other_text_is_refused(settings: object) 
     assert client.submit({"text": "Chapter one.", "idempotency_key": "book-1"}).id == first.id
     with pytest.raises(InvalidRequestError, match="another text"):
         client.submit({"text": "Chapter two.", "idempotency_key": "book-1"})
+
+
+def _job_in(store: JobStore, state: JobState, overdue: bool = False) -> str:
+    """A job brought to `state` through the store's own transitions (its queue deadline then passed, if `overdue`)."""
+    job, _ = store.create(_request(queue_ttl_s=60), "q")
+    path = {JobState.QUEUED: [], JobState.RUNNING: [states.START], JobState.SUCCEEDED: [states.START, states.SUCCEED],
+            JobState.FAILED: [states.FAIL], JobState.CANCELED: [states.CANCEL], JobState.EXPIRED: [states.EXPIRE]}
+    for step in path[state]:
+        if step is states.EXPIRE:  # 60 s is too long to wait: move the deadline into the past
+            store.redis.hset(keys.job_key(job.id), "expires_at", repr(time.time() - 1))
+        assert store.apply(step, job.id, {"error": '{"code":"internal_error"}'} if step is states.FAIL else {})
+    if overdue:
+        store.redis.hset(keys.job_key(job.id), "expires_at", repr(time.time() - 1))
+    assert store.peek(job.id, "state") == [state.value]  # peek: get() would expire an overdue job
+    return job.id
+
+
+@pytest.mark.parametrize("transition", states.TRANSITIONS, ids=lambda t: t.name)
+def test_every_transition_is_allowed_from_its_sources_and_refused_from_every_other_state(
+        store: JobStore, transition: states.Transition) -> None:
+    for state in JobState:
+        job_id = _job_in(store, state, overdue=transition.deadline is states.Deadline.PASSED)
+        after = store.apply(transition, job_id)
+        if transition.allows(state):
+            assert after is not None and after.state is transition.target, f"{transition.name} from {state.value}"
+        else:
+            assert after is None, f"{transition.name} must be refused from {state.value}"
+            assert store.peek(job_id, "state") == [state.value]
+
+
+def test_the_queue_deadline_rules_of_start_and_expire(store: JobStore) -> None:
+    overdue = _job_in(store, JobState.QUEUED, overdue=True)
+    assert store.start(overdue, "w", {}) is None and store.get(overdue).state is JobState.EXPIRED
+    in_time = _job_in(store, JobState.QUEUED)
+    assert store.apply(states.EXPIRE, in_time) is None, "a job is never expired before its deadline"
+
+
+def test_a_job_failed_as_invalid_cannot_be_retried(store: JobStore) -> None:
+    job, _ = store.create(_request(), "q")
+    store.fail(job.id, ErrorCode.INVALID_REQUEST, "bad")
+    with pytest.raises(JobStateError, match="its request is invalid"):
+        store.retry(job.id)
+
+
+def test_dead_letter_and_failed_enqueue_act_in_the_same_step(store: JobStore) -> None:
+    running = _job_in(store, JobState.RUNNING)
+    assert store.dead_letter(running, "lost its worker 4 times") is not None
+    assert running in store.dead_lettered() and store.get(running).error == {
+        "code": "redelivery_limit", "message": "lost its worker 4 times"}
+    job, _ = store.create(_request(idempotency_key="order-8"), "q")
+    assert store.fail_to_enqueue(job.id, "broker refused") is not None
+    assert store.create(_request(idempotency_key="order-8"), "q")[1], "the key was released: a retry can enqueue it"

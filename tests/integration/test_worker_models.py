@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from producer.client import NarrationClient
-from producer.jobs import JobState
 from producer.settings import Settings
+from producer.states import JobState
 from tests import services
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from producer.errors import InvalidRequestError
-from producer.jobs import MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, NarrationRequest, normalize_text
+from producer.request import MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, NarrationRequest, normalize_text
 
 
 def test_whitespace_is_normalized_and_paragraphs_kept() -> None:

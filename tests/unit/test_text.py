@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from worker.text import chunk_text, positions_needed, speakable
+from worker.narration.text import chunk_text, positions_needed, speakable
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,13 @@ CSMModelError tree. torch and transformers are imported only when a CSM model is
 """
 
 from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest
-from worker.models.csm_model import CSMModel
+from worker.models.csm_model import SAMPLES_PER_FRAME, CSMModel, frame_budget
 from worker.models.errors import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 from worker.models.factory import create_csm_model
 from worker.models.placeholder import PlaceholderCSMModel
 
 __all__ = [
+    "SAMPLES_PER_FRAME",
     "SAMPLE_RATE",
     "CSMModel",
     "CSMModelError",
@@ -22,4 +23,5 @@ __all__ = [
     "SpeechModel",
     "SpeechRequest",
     "create_csm_model",
+    "frame_budget",
 ]

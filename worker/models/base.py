@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from worker.models.errors import CSMModelError
 
 __all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
@@ -51,9 +52,9 @@ class SpeechRequest:
     """Several texts in one voice and context (one job's batch); seeds[i] makes text i repeatable on its own."""
 
     texts: list[str]
-    speaker_id: int = 1
-    temperature: float = 0.9
-    top_k: int = 50
+    speaker_id: int = DEFAULT_SPEAKER_ID
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
     context: list[Segment] | None = None
     seeds: list[int | None] | None = None
     max_audio_length_ms: float | None = None
@@ -74,26 +75,24 @@ class SpeechModel:
     def generate_speech(
         self,
         text: str,
-        speaker_id: int = 1,
-        temperature: float = 0.9,
-        top_k: int = 50,
+        speaker_id: int = DEFAULT_SPEAKER_ID,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
         context: list[Segment] | None = None,
         max_audio_length_ms: float | None = None,
         seed: int | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable.
-
-        A model implements this (one text at a time) or generate_requests (batched); this default is the latter.
-        """
+        """Mono float32 audio for `text` and its sample rate (24 kHz); `seed` makes sampling repeatable."""
         [result] = self.generate_batch([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms)
+        self.last_generation = result.stats
         return result.audio, result.sample_rate
 
     def generate_batch(
         self,
         texts: list[str],
-        speaker_id: int = 1,
-        temperature: float = 0.9,
-        top_k: int = 50,
+        speaker_id: int = DEFAULT_SPEAKER_ID,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
         context: list[Segment] | None = None,
         seeds: list[int | None] | None = None,
         max_audio_length_ms: float | None = None,
@@ -105,16 +104,9 @@ class SpeechModel:
     def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
         """Speech for the texts of several requests (several jobs' voices); one list of results per request.
 
-        This default generates them one by one; CSMModel decodes them all together.
+        Every model implements this; generate_speech and generate_batch are built on it.
         """
-        results: list[list[Generated]] = []
-        for r in requests:
-            results.append([])
-            for text, seed in r.seeded_texts():
-                audio, rate = self.generate_speech(text, r.speaker_id, r.temperature, r.top_k, r.context,
-                                                   r.max_audio_length_ms, seed)
-                results[-1].append(Generated(audio, rate, self.last_generation))
-        return results
+        raise NotImplementedError(f"{type(self).__name__} must implement generate_requests")
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.audio import trim_trailing_silence
+from producer.settings import DEFAULT_MODEL_ID
 from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest, split_by
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
+from worker.models.silence import trim_trailing_silence
 
 if TYPE_CHECKING:  # the engine imports torch: only pool processes that load CSM may pay for it
     from worker.models.engine import CsmEngine
@@ -24,7 +25,6 @@ __all__ = ["DEFAULT_MODEL_ID", "SAMPLES_PER_FRAME", "CSMModel", "GenerationStats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "sesame/csm-1b"
 SAMPLES_PER_FRAME = 1920  # one Mimi frame = 80 ms at 24 kHz
 FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME
 SLOWEST_CHARS_PER_SECOND = 6.0  # normal narration runs ~15; anything slower than this is runaway generation
@@ -113,7 +113,6 @@ class CSMModel(SpeechModel):
             raise CSMModelLoadError(f"out of memory moving {self.model_id} to {self.device}") from e
         self.engine: CsmEngine | None = CsmEngine(self.model)
         self.max_positions = int(self.model.config.max_position_embeddings)
-        self.last_generation: GenerationStats | None = None
         self._prefix_cache: dict[tuple[tuple[int, str, str], ...], tuple[Any, int]] = {}
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
@@ -141,7 +140,6 @@ class CSMModel(SpeechModel):
         except torch.OutOfMemoryError as e:
             raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
         results = [_generated(row, wave, len(frames)) for row, wave, frames in zip(flat, waves, codes, strict=True)]
-        self.last_generation = results[-1].stats
         return split_by(results, [len(group) for group in rows])
 
     def _rows(self, request: SpeechRequest) -> list[_Row]:

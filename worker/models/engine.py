@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from producer.request import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+
 __all__ = ["CsmEngine", "Sampling", "compute_dtype", "fp32_rotary", "on_device"]
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,8 @@ MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch size x top-k); batc
 class Sampling:
     """How one row picks its codes: top-k 1 is greedy."""
 
-    temperature: float = 0.9
-    top_k: int = 50
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
     seed: int | None = None
 
     @property

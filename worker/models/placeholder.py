@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from worker.models.base import SAMPLE_RATE, Segment, SpeechModel
+from worker.models.base import SAMPLE_RATE, Generated, SpeechModel, SpeechRequest
 
 __all__ = ["PlaceholderCSMModel"]
 
@@ -28,16 +28,11 @@ class PlaceholderCSMModel(SpeechModel):
         self.rtf = rtf
         self.fallback_reason = fallback_reason
 
-    def generate_speech(
-        self,
-        text: str,
-        speaker_id: int = 1,
-        temperature: float = 0.9,
-        top_k: int = 50,
-        context: list[Segment] | None = None,
-        max_audio_length_ms: float | None = None,
-        seed: int | None = None,
-    ) -> tuple[np.ndarray, int]:
+    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
+        """A tone per text, one by one (the placeholder has nothing to batch)."""
+        return [[self._tone(text, r.speaker_id, r.max_audio_length_ms) for text in r.texts] for r in requests]
+
+    def _tone(self, text: str, speaker_id: int, max_audio_length_ms: float | None) -> Generated:
         seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)
         if max_audio_length_ms is not None:
             seconds = min(seconds, max_audio_length_ms / 1000)
@@ -48,4 +43,4 @@ class PlaceholderCSMModel(SpeechModel):
         audio = (0.2 * envelope * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
         if self.rtf > 0:
             time.sleep(seconds * self.rtf)
-        return audio, SAMPLE_RATE
+        return Generated(audio, SAMPLE_RATE)

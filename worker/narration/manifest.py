@@ -9,8 +9,8 @@ from typing import Any
 
 from producer import keys
 from producer.errors import StorageError
-from producer.jobs import NarrationRequest
-from producer.storage import LocalStorage, S3Storage
+from producer.request import NarrationRequest
+from producer.storage import Storage
 
 __all__ = ["Manifest"]
 
@@ -18,7 +18,7 @@ __all__ = ["Manifest"]
 class Manifest:
     """A JSON document at <prefix>/<job_id>/manifest.json; its `chunks` list holds the finished chunks by index."""
 
-    def __init__(self, storage: LocalStorage | S3Storage, job_id: str, data: dict[str, Any]) -> None:
+    def __init__(self, storage: Storage, job_id: str, data: dict[str, Any]) -> None:
         self.storage, self.job_id = storage, job_id
         self.chunks: dict[int, dict[str, Any]] = {entry["index"]: entry for entry in data.pop("chunks", [])}
         self.data = data
@@ -31,7 +31,7 @@ class Manifest:
         return self.storage.key_for(self.job_id, keys.CHUNK_OBJECT.format(index=index))
 
     @classmethod
-    def open(cls, storage: LocalStorage | S3Storage, job_id: str, request: NarrationRequest,
+    def open(cls, storage: Storage, job_id: str, request: NarrationRequest,
              model: dict[str, Any], settings: dict[str, Any], chunks_total: int) -> Manifest:
         """The stored manifest when it belongs to this text and model (a resumed job), else a fresh one."""
         fresh = {"job_id": job_id, "text_sha256": request.text_sha256(), "text_chars": len(request.text),

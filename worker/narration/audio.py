@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.models.silence import SILENCE_DB, window_rms
+
 __all__ = [
     "CONTENT_TYPES",
     "PARAGRAPH_PAUSE_S",
@@ -18,7 +20,6 @@ __all__ = [
     "decode_wav",
     "file_sha256",
     "finish_chunk",
-    "trim_trailing_silence",
     "wav_bytes",
 ]
 
@@ -28,35 +29,15 @@ PARAGRAPH_PAUSE_S = 0.7  # after a paragraph
 TARGET_LUFS = -20.0  # within audiobook norms (ACX asks for -18 to -23 dB RMS)
 PEAK_LIMIT = 10 ** (-1.0 / 20)  # -1 dBFS
 FADE_S = 0.01  # a 10 ms fade at each chunk edge: no clicks at the seams
-SILENCE_DB = -45.0
 # QA bounds: speech outside these is truncated, garbled or runaway.
 MAX_SILENCE_RATIO = 0.6
 MAX_CLIPPED_RATIO = 0.001
 MIN_CHARS_PER_SECOND, MAX_CHARS_PER_SECOND = 4.0, 40.0
 
 
-def _window_rms(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    window = max(1, int(sample_rate * 0.02))
-    usable = len(audio) - len(audio) % window
-    if usable == 0:
-        return np.zeros(0)
-    return np.sqrt(np.mean(np.square(audio[:usable].reshape(-1, window), dtype=np.float64), axis=1))
-
-
-def trim_trailing_silence(audio: np.ndarray, sample_rate: int, threshold_db: float = SILENCE_DB,
-                          keep_ms: float = 120.0) -> np.ndarray:
-    """Cut a silent tail (20 ms windows below `threshold_db` dBFS RMS), keeping `keep_ms` of it."""
-    rms = _window_rms(audio, sample_rate)
-    if len(rms) == 0:
-        return audio
-    loud = np.nonzero(rms > 10 ** (threshold_db / 20))[0]
-    end = (int(loud[-1]) + 1) * int(sample_rate * 0.02) if len(loud) else 0
-    return audio[: min(len(audio), end + int(sample_rate * keep_ms / 1000))]
-
-
 def chunk_qa(audio: np.ndarray, sample_rate: int, chars: int, hit_frame_cap: bool = False) -> dict[str, Any]:
     """Silence ratio, clipping and speaking rate of one chunk, and which bounds it breaks."""
-    rms = _window_rms(audio, sample_rate)
+    rms = window_rms(audio, sample_rate)
     seconds = len(audio) / sample_rate
     silence = float(np.mean(rms < 10 ** (SILENCE_DB / 20))) if len(rms) else 1.0
     clipped = float(np.mean(np.abs(audio) >= 0.999)) if len(audio) else 0.0

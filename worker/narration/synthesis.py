@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 
 from producer import keys
-from producer.jobs import NarrationRequest
-from worker.audio import chunk_qa, decode_wav, trim_trailing_silence, wav_bytes
-from worker.manifest import Manifest
-from worker.models import Generated, Segment, SpeechModel
-from worker.models.csm_model import SAMPLES_PER_FRAME, frame_budget
-from worker.text import Chunk, positions_needed
+from producer.request import NarrationRequest
+from worker.models import SAMPLES_PER_FRAME, Generated, Segment, SpeechModel, frame_budget
+from worker.narration.audio import chunk_qa, decode_wav, wav_bytes
+from worker.narration.manifest import Manifest
+from worker.narration.text import Chunk, positions_needed
 
 __all__ = ["ChunkSynthesizer", "chunk_seed"]
 
@@ -51,10 +50,6 @@ class ChunkSynthesizer:
         self.anchor = Segment(self.request.speaker_id, chunk.text, audio, rate)
         self.manifest.data["voice_anchor"] = {"source": "first_chunk", "text": chunk.text,
                                               "seconds": round(len(audio) / rate, 3)}
-
-    def synthesize(self, chunk: Chunk) -> dict[str, Any]:
-        """Generate, check and store one chunk; returns its manifest entry (already saved)."""
-        return next(self.synthesize_batch([chunk]))
 
     def synthesize_batch(self, chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
         """Generate chunks together in the anchor's voice, give each that fails QA one more try on its next seed,
@@ -90,11 +85,10 @@ class ChunkSynthesizer:
                  sum(len(r.audio) / r.sample_rate for r in results))
         checked = []
         for chunk, result in zip(chunks, results, strict=True):
-            audio = trim_trailing_silence(result.audio, result.sample_rate)  # any model's output gets it here
             stats = result.stats
-            qa = chunk_qa(audio, result.sample_rate, len(chunk.text),
+            qa = chunk_qa(result.audio, result.sample_rate, len(chunk.text),
                           hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
-            checked.append((Generated(audio, result.sample_rate, stats), qa))
+            checked.append((result, qa))
         return checked
 
     def _entry(self, chunk: Chunk, audio: np.ndarray, rate: int, seed: int, attempts: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from worker.text import split_sentences
+from worker.narration.text import split_sentences
 
 __all__ = ["Cue", "build_cues", "to_srt", "to_vtt"]
 

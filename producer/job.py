@@ -1,0 +1,96 @@
+"""A job record as read from the store: what `status --json` shows."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from producer.request import NarrationRequest
+from producer.states import JobState
+
+__all__ = ["Job"]
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job record as read from the store. Timestamps are Unix seconds."""
+
+    id: str
+    state: JobState
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    cancel_requested: bool = False
+    progress: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier ends, each undone by `echoforge retry`
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Job:
+        def number(name: str) -> float | None:
+            return float(data[name]) if data.get(name) else None
+
+        def obj(name: str) -> Any:
+            return json.loads(data[name]) if data.get(name) else None
+
+        return cls(
+            id=data["id"],
+            state=JobState(data["state"]),
+            request=obj("request") or {},
+            created_at=float(data["created_at"]),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            attempts=int(data.get("attempts") or 0),
+            worker=data.get("worker") or None,
+            cancel_requested=data.get("cancel_requested") == "1",
+            progress=obj("progress") or {},
+            model=obj("model") or {},
+            result=obj("result"),
+            error=obj("error"),
+            history=obj("history") or [],
+        )
+
+    def narration_request(self) -> NarrationRequest:
+        return NarrationRequest.parse(self.request)
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left, extrapolated from the chunks done so far."""
+        done, total = self.progress.get("chunks_done", 0), self.progress.get("chunks_total", 0)
+        made_now = done - self.progress.get("chunks_resumed", 0)  # chunks this attempt generated
+        if self.state is not JobState.RUNNING or not self.started_at or made_now <= 0 or not total:
+            return None
+        elapsed = (now or time.time()) - self.started_at
+        return round(elapsed / made_now * (total - done), 1)
+
+    def to_public(self) -> dict[str, Any]:
+        """What `status --json` prints: no request text, no secrets."""
+        request = {k: v for k, v in self.request.items() if k != "text"}
+        if "text" in self.request:
+            request["text_chars"] = len(self.request["text"])
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "progress": {**self.progress, "eta_s": self.eta_s()},
+            "model": self.model,
+            "request": request,
+            "result": self.result,
+            "error": self.error,
+            "history": self.history,
+        }

@@ -1,0 +1,29 @@
+"""A job's progress as a terminal progress bar while waiting for it (the CLI and `echoforge up`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from producer.job import Job
+
+if TYPE_CHECKING:
+    from producer.client import NarrationClient
+
+__all__ = ["wait_with_progress"]
+
+
+def wait_with_progress(client: NarrationClient, job_id: str, timeout: float | None) -> Job:
+    bar = tqdm(total=1, unit="chunk", desc=job_id[:8], file=sys.stderr, disable=None, leave=False)
+
+    def show(job: Job) -> None:
+        bar.total = max(1, job.progress.get("chunks_total", 1))
+        bar.n = job.progress.get("chunks_done", 0)
+        bar.set_postfix_str(f"{job.state.value} {job.progress.get('audio_s', 0):.1f}s audio", refresh=True)
+
+    try:
+        return client.wait(job_id, timeout=timeout, on_change=show)
+    finally:
+        bar.close()

@@ -1,0 +1,158 @@
+"""The narration request: the one place its fields, defaults, limits and normalization are defined."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from producer.errors import InvalidRequestError
+
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "DEFAULT_SPEAKER_ID",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_TOP_K",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_TEXT_CHARS",
+    "NarrationRequest",
+    "normalize_text",
+]
+
+MAX_TEXT_CHARS = 100_000
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_SPEAKER_ID = 99
+MAX_TOP_K = 2048  # the size of one CSM audio codebook
+MAX_QUEUE_TTL_S = 7 * 24 * 3600
+MAX_VOICE_TEXT_CHARS = 1000
+DEFAULT_SPEAKER_ID = 1
+DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TOP_K = 50
+DEFAULT_PRIORITY = 5
+
+VOICE_UPLOAD_PENDING = "voice_upload_pending"  # validation context: the recording is not stored yet
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+_PARAGRAPH_BREAK = re.compile(r"\n{3,}")
+
+
+def normalize_text(text: str) -> str:
+    """NFC, one space between words, paragraph breaks kept as one blank line; refuses control characters."""
+    bad = _FORBIDDEN_CHARS.search(text)
+    if bad:
+        raise ValueError(f"text contains a control or invalid character {bad.group()!r} at {bad.start()}")
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = (_HORIZONTAL_SPACE.sub(" ", line).strip() for line in text.split("\n"))
+    return _PARAGRAPH_BREAK.sub("\n\n", "\n".join(lines)).strip()
+
+
+class NarrationRequest(BaseModel):
+    """A validated, immutable narration request. Unknown fields and loose types are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    text: StrictStr = Field(description="The text to narrate; normalized before its length is checked.")
+    speaker_id: StrictInt = Field(default=DEFAULT_SPEAKER_ID, ge=0, le=MAX_SPEAKER_ID)
+    temperature: StrictFloat | StrictInt = Field(default=DEFAULT_TEMPERATURE, gt=0.0, le=2.0)
+    top_k: StrictInt = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
+    output_format: Literal["wav", "flac"] = "wav"
+    idempotency_key: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    priority: StrictInt = Field(default=DEFAULT_PRIORITY, ge=0, le=9, description="0 lowest, 9 most urgent")
+    queue_ttl_s: StrictInt | None = Field(default=None, ge=1, le=MAX_QUEUE_TTL_S)
+    voice_prompt_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                                  description="a reference recording stored by the client")
+    voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
+                                         description="what the reference recording says")
+
+    @field_validator("text")
+    @classmethod
+    def _normalize(cls, value: str) -> str:
+        text = normalize_text(value)
+        if not text:
+            raise ValueError("text is empty after whitespace normalization")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        return text
+
+    @field_validator("voice_text")
+    @classmethod
+    def _normalize_voice_text(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_text(value)
+
+    @model_validator(mode="after")
+    def _voice_pair(self, info: ValidationInfo) -> NarrationRequest:
+        recording = self.voice_prompt_sha256 is not None or bool((info.context or {}).get(VOICE_UPLOAD_PENDING))
+        if recording != bool(self.voice_text):
+            raise ValueError("a voice prompt needs both the recording and its transcript (voice_text)")
+        return self
+
+    @field_validator("temperature")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("temperature must be a finite number")
+        return float(value)
+
+    @classmethod
+    def parse(cls, data: Any, voice_upload_pending: bool = False) -> NarrationRequest:
+        """Validate a mapping; any problem becomes one InvalidRequestError naming every bad field.
+
+        `voice_upload_pending`: the recording of `voice_text` is yet to be stored (its hash is added after upload).
+        """
+        if not isinstance(data, dict):
+            raise InvalidRequestError(f"a narration request must be an object, not {type(data).__name__}")
+        try:
+            return cls.model_validate(data, context={VOICE_UPLOAD_PENDING: voice_upload_pending})
+        except ValidationError as e:
+            raise InvalidRequestError(_describe(e)) from e
+
+    def with_voice_prompt(self, sha256: str) -> NarrationRequest:
+        """This request with its stored recording's hash (a sha256 we computed: nothing left to validate)."""
+        return self.model_copy(update={"voice_prompt_sha256": sha256})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> NarrationRequest:
+        """Decode a JSON payload (at most 1 MiB, UTF-8)."""
+        if len(raw) > MAX_PAYLOAD_BYTES:
+            raise InvalidRequestError(f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidRequestError(f"payload is not valid UTF-8 JSON: {e}") from e
+        return cls.parse(data)
+
+    def text_sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def without_text(self) -> dict[str, Any]:
+        """The request as kept after success: the text replaced by its size and hash."""
+        kept = self.model_dump(exclude={"text"})
+        kept.update(text_chars=len(self.text), text_sha256=self.text_sha256())
+        return kept
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "request"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "invalid narration request: " + "; ".join(parts)
+
+

@@ -1,0 +1,69 @@
+"""Run one job under its run lock: start it, narrate it with the core, and record how it ended."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from producer.errors import NarrationTimeoutError
+from producer.states import JobState
+from worker.lock import JobLock
+from worker.metrics import WorkerMetrics
+from worker.models import CSMModelLoadError
+from worker.narration.narrate import Verdict, narrate
+from worker.runtime import Runtime
+
+__all__ = ["run_job"]
+
+log = logging.getLogger(__name__)
+
+
+def run_job(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -> JobState | None:
+    """Run one job to a terminal state; None when the job was not (or no longer) runnable.
+
+    Raises JobBusyError when another delivery is running it.
+    """
+    with JobLock(rt.jobs, job_id, rt.settings.job_lock_ttl_s):
+        return _run_locked(job_id, rt, worker, metrics)
+
+
+def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -> JobState | None:
+    job = rt.jobs.start(job_id, worker=worker, model=rt.model_info(), phase="planning")
+    if job is None:
+        log.info("job %s: not started (already %s)", job_id, rt.jobs.get(job_id).state.value)
+        return None
+    if job.attempts > rt.settings.max_attempts:
+        rt.jobs.dead_letter(job_id, f"started {job.attempts} times; each run lost its worker "
+                                    f"(limit ECHOFORGE_MAX_ATTEMPTS={rt.settings.max_attempts})")
+        log.error("job %s: dead-lettered after %d starts", job_id, job.attempts)
+        return JobState.FAILED
+    if rt.model is None:
+        raise CSMModelLoadError(rt.model_error or "no model loaded in this worker")
+
+    deadline = time.monotonic() + rt.settings.soft_time_limit_s
+
+    def report(progress: dict[str, Any]) -> Verdict:
+        if time.monotonic() > deadline:  # Celery's own soft limit does not reach the threads pool
+            raise NarrationTimeoutError(f"the job ran past its soft time limit of {rt.settings.soft_time_limit_s} s")
+        metrics.observe_progress(job_id, progress)
+        current = rt.jobs.progress(job_id, **progress)
+        return "stop" if current is None else "cancel" if current.cancel_requested else "go"
+
+    request = job.narration_request()
+    log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
+    with rt.model.serving_job():
+        outcome = narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
+                          report)
+    if outcome.verdict == "stop":
+        log.info("job %s: ended elsewhere while running; stopped", job_id)
+        return None
+    if outcome.verdict == "cancel":
+        rt.jobs.finish_canceled(job_id)
+        log.info("job %s: canceled; its chunks were deleted", job_id)
+        return JobState.CANCELED
+    result, progress = outcome.result or {}, outcome.progress or {}
+    rt.jobs.succeed(job_id, result, request, rt.model_info(), **progress)
+    log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
+             result["chunks"], len(result["flagged_chunks"]), result["url"])
+    return JobState.SUCCEEDED

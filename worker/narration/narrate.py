@@ -1,0 +1,108 @@
+"""One job's narration, queue-free: plan chunks -> synthesize (resume-aware, cancel-aware) -> stitch -> deliver."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import takewhile
+from pathlib import Path
+from typing import Any, Literal
+
+from producer.errors import StorageError
+from producer.request import NarrationRequest
+from producer.storage import Storage
+from producer.voice import voice_prompt_key
+from worker.models import SpeechModel
+from worker.narration.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
+from worker.narration.delivery import deliver
+from worker.narration.manifest import Manifest
+from worker.narration.stitch import stitch
+from worker.narration.synthesis import ChunkSynthesizer
+from worker.narration.text import Chunk, chunk_text
+
+__all__ = ["NarrationOutcome", "ProgressHook", "Verdict", "narrate"]
+
+log = logging.getLogger(__name__)
+
+# The progress hook's answer after every chunk: go on, cancel (the job's chunks are deleted) or stop (the job ended
+# elsewhere: leave everything as it is). It may also raise (e.g. NarrationTimeoutError) to end the job.
+Verdict = Literal["go", "cancel", "stop"]
+ProgressHook = Callable[[dict[str, Any]], Verdict]
+
+
+@dataclass(frozen=True)
+class NarrationOutcome:
+    """How narrate ended: "done" with the job's result and final progress, or the hook's "cancel" / "stop"."""
+
+    verdict: Literal["done", "cancel", "stop"]
+    result: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+
+
+def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: Storage,
+            max_chunk_chars: int, model_info: dict[str, Any], on_progress: ProgressHook) -> NarrationOutcome:
+    """The job's work: its result when done, or the hook's "cancel" / "stop" that ended it early.
+
+    Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
+    """
+    plan = chunk_text(request.text, max_chunk_chars)
+    manifest = Manifest.open(storage, job_id, request, model_info, _settings(request, max_chunk_chars), len(plan))
+    resumed = len(manifest.chunks)
+    log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
+    with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
+        spool = Path(tmp)
+        synthesizer = ChunkSynthesizer(model, request, manifest, spool)
+        if request.voice_prompt_sha256:
+            synthesizer.load_voice_prompt(*_voice_prompt(storage, request.voice_prompt_sha256))
+        for chunk in _stored_in_order(plan, manifest, synthesizer, model.batch_size):
+            phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
+            verdict = on_progress(_progress(manifest, resumed, phase))
+            if verdict != "go":
+                if verdict == "cancel":
+                    manifest.discard()
+                return NarrationOutcome(verdict)
+        narration = spool / f"narration.{request.output_format}"
+        stitch(manifest, spool, narration, request.output_format)
+        result = deliver(manifest, narration, request.output_format)
+        return NarrationOutcome("done", result, _progress(manifest, resumed, "done"))
+
+
+def _stored_in_order(plan: list[Chunk], manifest: Manifest, synthesizer: ChunkSynthesizer,
+                     batch_size: int) -> Iterator[Chunk]:
+    """Each chunk of the plan in order, once it is stored: skipped when the manifest has it, else generated with the
+    next ones still missing, up to `batch_size` at a time. Without a voice prompt the first chunk is generated alone,
+    as it becomes the anchor (the shared context) of every later batch."""
+    index = 0
+    while index < len(plan):
+        if manifest.done(plan[index].index):
+            stored: Iterable[Chunk] = [plan[index]]
+        else:
+            size = batch_size if synthesizer.anchor is not None else 1
+            group = list(takewhile(lambda c: not manifest.done(c.index), plan[index: index + size]))
+            stored = (chunk for chunk, _ in zip(group, synthesizer.synthesize_batch(group), strict=False))
+        for chunk in stored:
+            if chunk.index == 0:
+                synthesizer.adopt_first_chunk(chunk)
+            index += 1
+            yield chunk
+
+
+def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:
+    return {"chunks_done": len(manifest.chunks), "chunks_total": manifest.data["chunks_total"],
+            "chunks_resumed": resumed, "audio_s": manifest.audio_seconds(), "phase": phase}
+
+
+def _settings(request: NarrationRequest, max_chunk_chars: int) -> dict[str, Any]:
+    return {"speaker_id": request.speaker_id, "temperature": request.temperature, "top_k": request.top_k,
+            "output_format": request.output_format, "max_chunk_chars": max_chunk_chars,
+            "sentence_pause_s": SENTENCE_PAUSE_S, "paragraph_pause_s": PARAGRAPH_PAUSE_S, "target_lufs": TARGET_LUFS}
+
+
+def _voice_prompt(storage: Storage, sha256: str) -> tuple[Any, int]:
+    key = voice_prompt_key(storage, sha256)
+    data = storage.get_bytes(key)
+    if data is None:
+        raise StorageError(f"the voice prompt {storage.url_for(key)} is missing")
+    return decode_wav(data)
