@@ -61,13 +61,19 @@ def _print_job(job: Job, as_json: bool) -> None:
     print(line)
 
 
-def _wait_with_progress(client: NarrationClient, job_id: str, timeout: float | None) -> Job:
+def _wait_with_progress(client: NarrationClient, job_id: str, timeout: float | None,
+                        warn_no_worker: bool = True) -> Job:
+    from producer.queue_watch import NoWorkerCheck
+
     bar = tqdm(total=1, unit="chunk", desc=job_id[:8], file=sys.stderr, disable=None, leave=False)
+    no_worker = NoWorkerCheck(client) if warn_no_worker else None
 
     def show(job: Job) -> None:
         bar.total = max(1, job.progress.get("chunks_total", 1))
         bar.n = job.progress.get("chunks_done", 0)
         bar.set_postfix_str(f"{job.state.value} {job.progress.get('audio_s', 0):.1f}s audio", refresh=True)
+        if no_worker is not None and (warning := no_worker.check(job)) is not None:
+            tqdm.write(warning, file=sys.stderr)
 
     try:
         return client.wait(job_id, timeout=timeout, on_change=show)
@@ -88,9 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     fields = _request_fields(args) if args.command == "submit" else None
     if fields is not None and args.voice_prompt is None:
         NarrationRequest.parse(fields)  # refuse bad input before connecting anywhere
+    from producer import stack_state
     from producer.client import NarrationClient
 
-    client = NarrationClient()
+    client = NarrationClient(stack_state.cli_settings())
     if fields is not None:
         job = client.submit(fields, voice_prompt=args.voice_prompt)
         if not args.wait:
