@@ -78,9 +78,10 @@ def _run(args: argparse.Namespace) -> int:
     request = None
     if args.command == "submit":  # parsed once, here: bad input is refused before connecting anywhere
         request = NarrationRequest.parse(_request_fields(args), voice_upload_pending=args.voice_prompt is not None)
+    from producer import stack_state
     from producer.client import NarrationClient
 
-    client = NarrationClient()
+    client = NarrationClient(stack_state.cli_settings())
     if request is not None:
         job = client.submit(request, voice_prompt=args.voice_prompt)
         if not args.wait:

@@ -127,6 +127,12 @@ class NarrationClient:
             pubsub = self._local.pubsub = self.jobs.redis.pubsub(ignore_subscribe_messages=True)
         return pubsub
 
+    def queue_consumers(self, timeout: float = 1.0) -> list[str]:
+        """The Celery workers (hostnames) that answer within `timeout` s and consume this client's queue."""
+        replies = self._celery.control.inspect(timeout=timeout).active_queues() or {}
+        return sorted(worker for worker, queues in replies.items()
+                      if any(queue.get("name") == self.settings.queue for queue in queues or []))
+
     def cancel(self, job_id: str) -> Job:
         return self.jobs.cancel(job_id)
 

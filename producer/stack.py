@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from producer import processes
+from producer import processes, stack_state
 from producer.progress import wait_with_progress
 from producer.settings import Settings, redact_url
 
@@ -82,6 +82,9 @@ def run_stack(args: argparse.Namespace) -> int:
         print(f"worker     started (log {stack.log('worker')})")
         flower_url = _start_flower(stack, args.flower_port)
         print(f"flower     {flower_url}")
+        stack_state.write(stack.data_dir, stack_state.StackState(
+            redis_url=settings.redis_url, storage_url=settings.storage_url, flower_url=flower_url, pid=os.getpid(),
+            queue=settings.queue))
         code = _demo(stack, settings) if args.demo else 0
         if args.exit_after_job:
             return code
@@ -94,6 +97,7 @@ def run_stack(args: argparse.Namespace) -> int:
         print("\nstopping...")
         return 0
     finally:
+        stack_state.remove(stack.data_dir)
         stack.stop()
 
 
@@ -118,7 +122,7 @@ def _demo(stack: Stack, settings: Settings) -> int:
     client = NarrationClient(settings)
     job = client.submit({"text": DEMO_TEXT})
     print(f"demo job   {job.id} submitted; waiting for the worker...")
-    job = wait_with_progress(client, job.id, timeout=300)
+    job = wait_with_progress(client, job.id, timeout=300, warn_no_worker=False)  # its worker is still starting
     stack.check_alive()
     if job.state is not JobState.SUCCEEDED:
         print(f"demo job   ended {job.state.value}: {job.error}")

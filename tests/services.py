@@ -19,6 +19,8 @@ from producer import processes
 from producer.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+# The `echoforge` console script of this venv (with PYTHONPATH, it runs the checkout's code).
+ECHOFORGE_CLI = Path(sys.executable).parent / "echoforge"
 
 
 def start_redis(log_dir: Path, port: int | None = None, persist: bool = False,
@@ -71,9 +73,14 @@ def bench_services(prefix: str = "echoforge-bench-") -> Iterator[tuple[Path, str
             processes.stop(s3_proc, 5)
 
 
+def env_without_settings() -> dict[str, str]:
+    """This process's environment without any ECHOFORGE_* variable, as a user with nothing exported has it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a worker subprocess needs to see `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
+    env = env_without_settings()
     for name, value in settings.model_dump().items():
         if value is not None:
             env[f"ECHOFORGE_{name.upper()}"] = str(value)
@@ -119,9 +126,17 @@ def start_worker(settings: Settings, log_dir: Path, name: str | None = None,
 def run_cli(settings: Settings, *args: str, extra_env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The `echoforge` CLI of this venv, configured by `settings` (and `extra_env`), as a user runs it."""
-    return subprocess.run([str(Path(sys.executable).parent / "echoforge"), *args],
+    return subprocess.run([str(ECHOFORGE_CLI), *args],
                           env={**settings_env(settings), **(extra_env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def start_up(data_dir: Path, *args: str, cwd: Path = REPO) -> subprocess.Popen[str]:
+    """`echoforge up` with nothing exported and a free Flower port; its stdout and stderr on `.stdout`."""
+    return subprocess.Popen([str(ECHOFORGE_CLI), "up", "--data-dir", str(data_dir),
+                             "--flower-port", str(processes.free_port()), *args],
+                            cwd=cwd, env=env_without_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def flush(url: str) -> None:

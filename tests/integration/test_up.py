@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import soundfile as sf
 
-from producer import processes
-from tests.services import REPO
+from tests.services import start_up
 
 
 def test_up_runs_the_demo_job_and_stops_cleanly(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
-    cli = Path(sys.executable).parent / "echoforge"
-    done = subprocess.run(
-        [str(cli), "up", "--exit-after-job", "--data-dir", str(tmp_path / "data"),
-         "--flower-port", str(processes.free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "demo job   succeeded" in done.stdout
-    assert "flower     http://127.0.0.1:" in done.stdout
-    wav_url = next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("narration"))
+    proc = start_up(tmp_path / "data", "--exit-after-job")
+    try:
+        stdout, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout
+    assert "demo job   succeeded" in stdout
+    assert "flower     http://127.0.0.1:" in stdout
+    assert not (tmp_path / "data" / "stack.json").exists(), "removed when `up` stops"
+    wav_url = next(line.split()[-1] for line in stdout.splitlines() if line.startswith("narration"))
     wav = Path(wav_url.removeprefix("file://"))
     assert wav.is_relative_to(tmp_path / "data" / "outputs")
     info = sf.info(str(wav))
@@ -36,11 +32,7 @@ def test_up_runs_the_demo_job_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 def test_up_stays_up_until_ctrl_c_then_stops_every_child(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHOFORGE_")}
-    cli = Path(sys.executable).parent / "echoforge"
-    proc = subprocess.Popen([str(cli), "up", "--data-dir", str(tmp_path / "data"),
-                             "--flower-port", str(processes.free_port())],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_up(tmp_path / "data")
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
