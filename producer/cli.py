@@ -16,6 +16,7 @@ from producer.errors import EchoForgeError, ErrorCode, InvalidRequestError
 from producer.job import Job
 from producer.progress import wait_with_progress
 from producer.request import NarrationRequest
+from producer.settings import Settings
 from producer.states import JobState
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ def _run(args: argparse.Namespace) -> int:
         from producer.stack import run_stack
 
         return run_stack(args)
+    if args.command in ("serve", "keys"):
+        from producer import keys_cli, stack_state
+
+        settings = Settings() if args.command == "serve" else stack_state.cli_settings()
+        return keys_cli.run_serve(args, settings) if args.command == "serve" else keys_cli.run_keys(args, settings)
     request = None
     if args.command == "submit":  # parsed once, here: bad input is refused before connecting anywhere
         request = NarrationRequest.parse(_request_fields(args), voice_upload_pending=args.voice_prompt is not None)

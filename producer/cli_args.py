@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from producer.api_keys import SCOPES
 from producer.request import DEFAULT_PRIORITY, DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_TOP_K
 from producer.states import JobState
 
@@ -28,6 +29,28 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
 
+def _add_serve_and_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    p.add_argument("--host", help="address to listen on (default ECHOFORGE_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default ECHOFORGE_API_PORT, 8000)")
+    p.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    keys = sub.add_parser("keys", help="API keys of the HTTP API: create, list, revoke; tenants' webhook secrets")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    p = actions.add_parser("create", help="a new key for a tenant; its secret is printed once")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--scope", action="append", choices=list(SCOPES),
+                   help="repeat for several (default: every scope but admin)")
+    p.add_argument("--json", action="store_true")
+    p = actions.add_parser("list", help="every key (never a secret)")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+    p = actions.add_parser("revoke", help="refuse a key from now on")
+    p.add_argument("key_id")
+    p = actions.add_parser("webhook-secret", help="show (or --rotate) a tenant's webhook signing secret")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--rotate", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-letter", dest="dead_letter", action="store_true",
                    help="only jobs failed with redelivery_limit (they kept losing their worker)")
     p.add_argument("--json", action="store_true")
+    _add_serve_and_keys(sub)
     p = sub.add_parser("up", help="run the whole stack locally: Redis, a worker, Flower, and a demo job")
     p.add_argument("--no-demo", dest="demo", action="store_false", help="start the stack without a demo job")
     p.add_argument("--demo", dest="demo", action="store_true", default=True, help="submit a demo job (default)")
     p.add_argument("--exit-after-job", action="store_true", help="stop everything once the demo job ends")
     p.add_argument("--data-dir", default="data", help="where Redis, outputs and logs go (default ./data)")
     p.add_argument("--flower-port", type=int, default=5555)
+    p.add_argument("--api-port", type=int, default=8000, help="the HTTP API's port (default 8000; a free one if taken)")
     return parser

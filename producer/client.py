@@ -47,11 +47,13 @@ class NarrationClient:
         app.conf.update(celery_config(self.settings))
         return app
 
-    def submit(self, request: NarrationRequest | dict[str, Any], voice_prompt: str | Path | None = None) -> Job:
+    def submit(self, request: NarrationRequest | dict[str, Any], voice_prompt: str | Path | None = None,
+               tenant: str | None = None, max_queued: int = 0) -> Job:
         """Validate (unless already parsed), record and enqueue. A reused idempotency key returns the job it created.
 
         `voice_prompt` is a recording (0.5-20 s) of the voice to narrate in; the request's `voice_text` says
-        what it says. It is stored before the job is recorded, so a bad file enqueues nothing.
+        what it says. It is stored before the job is recorded, so a bad file enqueues nothing. `tenant` owns the
+        job (the HTTP API's callers); `max_queued` caps the jobs that tenant may have queued at once.
         """
         if not isinstance(request, NarrationRequest):
             request = NarrationRequest.parse(request, voice_upload_pending=voice_prompt is not None)
@@ -61,7 +63,7 @@ class NarrationClient:
             request = request.with_voice_prompt(upload_voice_prompt(voice_prompt, open_storage(self.settings)))
         elif request.voice_text and not request.voice_prompt_sha256:
             raise InvalidRequestError("voice_text needs its recording (the voice prompt file)")
-        job, created = self.jobs.create(request, self.settings.queue)
+        job, created = self.jobs.create(request, self.settings.queue, tenant, max_queued)
         if not created:
             if job.request.get("text_sha256", request.text_sha256()) != request.text_sha256() or (
                     "text" in job.request and job.request["text"] != request.text):
@@ -72,8 +74,9 @@ class NarrationClient:
         self._enqueue(job.id, request.priority)
         return job
 
-    def retry(self, job_id: str) -> Job:
+    def retry(self, job_id: str, tenant: str | None = None) -> Job:
         """Queue a failed or expired job again under its id; it resumes from the chunks it had stored."""
+        self.jobs.get(job_id, tenant)
         job = self.jobs.retry(job_id)
         self._enqueue(job.id, job.request.get("priority", DEFAULT_PRIORITY))
         return job
@@ -88,8 +91,9 @@ class NarrationClient:
         self.jobs.mark_sent(job_id)
         log.info("job %s: queued on %s", job_id, self.settings.queue)
 
-    def get(self, job_id: str) -> Job:
-        return self.jobs.get(job_id)
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job; with `tenant`, only if that tenant owns it (else JobNotFoundError)."""
+        return self.jobs.get(job_id, tenant)
 
     def wait(
         self,
@@ -133,11 +137,13 @@ class NarrationClient:
         return sorted(worker for worker, queues in replies.items()
                       if any(queue.get("name") == self.settings.queue for queue in queues or []))
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, tenant: str | None = None) -> Job:
+        self.jobs.get(job_id, tenant)
         return self.jobs.cancel(job_id)
 
-    def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
-        return self.jobs.list(limit=limit, state=state)
+    def list(self, limit: int = 20, state: JobState | None = None, tenant: str | None = None,
+             before: float | None = None) -> list[Job]:
+        return self.jobs.list(limit=limit, state=state, tenant=tenant, before=before)
 
     def download(self, job_id: str, destination: str | Path) -> Path:
         """Copy a succeeded job's narration to `destination`."""

@@ -8,15 +8,21 @@ from typing import ClassVar
 __all__ = [
     "EchoForgeError",
     "ErrorCode",
+    "ForbiddenError",
     "InvalidRequestError",
     "JobBusyError",
     "JobNotFoundError",
     "JobNotReadyError",
     "JobStateError",
+    "MalformedRequestError",
     "NarrationTimeoutError",
+    "PayloadTooLargeError",
+    "RefusedForNowError",
     "StorageError",
     "StorageUnavailableError",
     "SubmitError",
+    "UnauthorizedError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -35,6 +41,13 @@ class ErrorCode(str, Enum):
     ENQUEUE_FAILED = "enqueue_failed"
     WORKER_MISCONFIGURED = "worker_misconfigured"
     REDELIVERY_LIMIT = "redelivery_limit"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    OVERLOADED = "overloaded"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -45,9 +58,32 @@ class EchoForgeError(Exception):
 
 
 class InvalidRequestError(EchoForgeError, ValueError):
-    """The request was refused before anything was enqueued; the message says which field and why."""
+    """The request was refused before anything was enqueued; the message says which field and why.
+
+    `fields` lists (field, problem) pairs when the request's fields were at fault.
+    """
 
     code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, message: str, fields: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
+
+
+class MalformedRequestError(InvalidRequestError):
+    """The request body is not what it claims to be (not JSON, not UTF-8): HTTP 400 rather than 422."""
+
+
+class PayloadTooLargeError(EchoForgeError):
+    """The request body is over its size limit."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class UnsupportedMediaTypeError(EchoForgeError):
+    """The request body's content type is not one this endpoint takes."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class JobNotFoundError(EchoForgeError, LookupError):
@@ -88,6 +124,27 @@ class StorageUnavailableError(StorageError):
     """The object store stayed unreachable (or kept answering 5xx) for the whole retry window."""
 
     code = ErrorCode.STORAGE_UNAVAILABLE
+
+
+class UnauthorizedError(EchoForgeError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class ForbiddenError(EchoForgeError):
+    """The API key lacks the scope this needs."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class RefusedForNowError(EchoForgeError):
+    """Refused for a while (rate limit, quota, a full queue): try again after `retry_after_s`."""
+
+    def __init__(self, message: str, code: ErrorCode, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]  # one of RATE_LIMITED, QUOTA_EXCEEDED, OVERLOADED
+        self.retry_after_s = retry_after_s
 
 
 class NarrationTimeoutError(EchoForgeError):

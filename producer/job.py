@@ -36,6 +36,7 @@ class Job:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier ends, each undone by `echoforge retry`
+    tenant: str | None = None  # the API tenant that owns it; None for jobs submitted by operators (CLI, client)
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -60,6 +61,7 @@ class Job:
             result=obj("result"),
             error=obj("error"),
             history=obj("history") or [],
+            tenant=data.get("tenant") or None,
         )
 
     def narration_request(self) -> NarrationRequest:
@@ -81,6 +83,7 @@ class Job:
             request["text_chars"] = len(self.request["text"])
         return {
             "id": self.id,
+            "tenant": self.tenant,
             "state": self.state.value,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),

@@ -10,8 +10,12 @@ NARRATE_TASK = "echoforge.narrate"
 JOB_KEY_PREFIX = "echoforge:job:"
 # Sorted set of job ids scored by creation time, for `list`.
 JOB_INDEX_KEY = "echoforge:jobs"
-# String mapping an idempotency key to the job id it created: echoforge:idem:<key>.
+# String mapping an idempotency key to the job id it created: echoforge:idem:<key>, or echoforge:idem:<tenant>:<key>
+# for a tenant's key (tenants never share keys).
 IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
+# A tenant's own job index (sorted set of job ids by creation time): echoforge:tenant:<tenant>:jobs.
+# The set of its queued jobs, for its cap on jobs queued at once: echoforge:tenant:<tenant>:queued.
+TENANT_PREFIX = "echoforge:tenant:"
 # Per-job run lock, value = the holder's token, kept alive by a heartbeat: echoforge:lock:<job_id>.
 JOB_LOCK_PREFIX = "echoforge:lock:"
 # Set of the ids of running jobs, kept by the transition script; the reaper looks for ones whose lock expired.
@@ -25,6 +29,10 @@ UNSENT_JOBS_KEY = "echoforge:unsent"
 DEAD_LETTER_KEY = "echoforge:dead-letter"
 # Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.
 JOB_EVENTS_PREFIX = "echoforge:events:"
+# One API key (hash: tenant, scopes, the SHA-256 of its secret, created/revoked times): echoforge:apikey:<key id>;
+# and the sorted set of every key id by creation time.
+API_KEY_PREFIX = "echoforge:apikey:"
+API_KEYS_INDEX = "echoforge:apikeys"
 # How long a finished job record (and its idempotency key) stays readable.
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
@@ -46,8 +54,24 @@ def job_lock_key(job_id: str) -> str:
     return JOB_LOCK_PREFIX + job_id
 
 
-def idempotency_key(key: str) -> str:
-    return IDEMPOTENCY_KEY_PREFIX + key
+def idempotency_key(key: str, tenant: str | None = None) -> str:
+    return IDEMPOTENCY_KEY_PREFIX + (f"{tenant}:{key}" if tenant else key)
+
+
+def tenant_jobs_key(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}:jobs"
+
+
+def tenant_queued_key(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}:queued"
+
+
+def tenant_webhook_secret_key(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}:webhook-secret"
+
+
+def api_key_key(key_id: str) -> str:
+    return API_KEY_PREFIX + key_id
 
 
 def job_events_channel(job_id: str) -> str:

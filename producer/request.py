@@ -120,7 +120,7 @@ class NarrationRequest(BaseModel):
         try:
             return cls.model_validate(data, context={VOICE_UPLOAD_PENDING: voice_upload_pending})
         except ValidationError as e:
-            raise InvalidRequestError(_describe(e)) from e
+            raise _invalid(e) from e
 
     def with_voice_prompt(self, sha256: str) -> NarrationRequest:
         """This request with its stored recording's hash (a sha256 we computed: nothing left to validate)."""
@@ -147,12 +147,14 @@ class NarrationRequest(BaseModel):
         return kept
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in item["loc"]) or "request"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    return "invalid narration request: " + "; ".join(parts)
+def _fields(error: ValidationError) -> list[tuple[str, str]]:
+    """(field, problem) for each problem pydantic found."""
+    return [(".".join(str(p) for p in item["loc"]) or "request", str(item["msg"]).removeprefix("Value error, "))
+            for item in error.errors(include_url=False, include_input=False)]
+
+
+def _invalid(error: ValidationError) -> InvalidRequestError:
+    fields = _fields(error)
+    return InvalidRequestError("invalid narration request: " + "; ".join(f"{f}: {m}" for f, m in fields), fields)
 
 

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     # How long Redis calls retry a lost connection (a Redis restart) before raising.
     redis_retry_s: float = Field(default=30.0, ge=0.0)
 
+    # The HTTP API (`echoforge serve`).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    # Requests without an API key are refused unless this is on; they then act as `anonymous_tenant`.
+    allow_anonymous: bool = False
+    anonymous_tenant: str = "anonymous"
+    # How long a presigned audio URL (S3) stays valid.
+    presigned_url_ttl_s: int = Field(default=300, ge=10, le=7 * 24 * 3600)
+    # The longest `Prefer: wait=N` a POST honours.
+    max_prefer_wait_s: float = Field(default=60.0, ge=0.0, le=600.0)
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str) -> str:

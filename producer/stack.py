@@ -45,7 +45,10 @@ class Stack:
         return f"redis://127.0.0.1:{port}/0"
 
     def start_celery(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        proc = processes.start(processes.celery_command(*args), self.log(name), self.env)
+        return self.start_process(name, processes.celery_command(*args))
+
+    def start_process(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        proc = processes.start(args, self.log(name), self.env)
         self.children.append((name, proc))
         return proc
 
@@ -82,9 +85,11 @@ def run_stack(args: argparse.Namespace) -> int:
         print(f"worker     started (log {stack.log('worker')})")
         flower_url = _start_flower(stack, args.flower_port)
         print(f"flower     {flower_url}")
+        api_url = _start_api(stack, args.api_port)
+        print(f"api        {api_url} (docs {api_url}docs; development key {_development_key(settings)})")
         stack_state.write(stack.data_dir, stack_state.StackState(
             redis_url=settings.redis_url, storage_url=settings.storage_url, flower_url=flower_url, pid=os.getpid(),
-            queue=settings.queue))
+            queue=settings.queue, api_url=api_url))
         code = _demo(stack, settings) if args.demo else 0
         if args.exit_after_job:
             return code
@@ -106,6 +111,26 @@ def _start_flower(stack: Stack, port: int) -> str:
     proc = stack.start_celery("flower", "flower", f"--port={port}", "--address=127.0.0.1")
     processes.wait_for_port(port, 60, proc)
     return f"http://127.0.0.1:{port}/"
+
+
+def _start_api(stack: Stack, port: int) -> str:
+    port = port if _port_free(port) else processes.free_port()
+    proc = stack.start_process("api", [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)])
+    processes.wait_for_port(port, 60, proc)
+    return f"http://127.0.0.1:{port}/"
+
+
+def _development_key(settings: Settings) -> str:
+    """A key of the tenant "dev" with every scope but admin, made for this run (it stays valid; revoke it with
+    `echoforge keys revoke`)."""
+    from producer.api_keys import ApiKeyStore
+    from producer.store import connect_redis
+
+    client = connect_redis(settings)
+    try:
+        return ApiKeyStore(client).create("dev")[1]
+    finally:
+        client.close()
 
 
 def _port_free(port: int) -> bool:

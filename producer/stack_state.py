@@ -31,6 +31,7 @@ class StackState:
     flower_url: str
     pid: int  # the `echoforge up` process
     queue: str
+    api_url: str = ""
 
 
 def write(data_dir: Path, state: StackState) -> Path:
@@ -54,7 +55,8 @@ def read(path: Path) -> StackState:
     data = json.loads(path.read_text())
     try:
         return StackState(redis_url=str(data["redis_url"]), storage_url=str(data["storage_url"]),
-                          flower_url=str(data["flower_url"]), pid=int(data["pid"]), queue=str(data["queue"]))
+                          flower_url=str(data["flower_url"]), pid=int(data["pid"]), queue=str(data["queue"]),
+                          api_url=str(data.get("api_url", "")))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not the state file of `echoforge up` ({type(e).__name__}: {e})") from e
 

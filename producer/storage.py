@@ -55,6 +55,14 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
 
+    def local_path(self, key: str) -> Path | None:
+        """The object's file, where storage is a local directory (else None)."""
+        return None
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A URL anyone may GET the object from for `expires_s` seconds, where the store offers one (else None)."""
+        return None
+
 
 class LocalStorage(Storage):
     """Objects as files below a root directory; writes are atomic (temp file + rename)."""
@@ -64,6 +72,9 @@ class LocalStorage(Storage):
 
     def url_for(self, key: str) -> str:
         return (self.root / key).as_uri()
+
+    def local_path(self, key: str) -> Path | None:
+        return self.root / key
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:
         self._write(key, lambda tmp: shutil.copyfile(path, tmp))
@@ -140,6 +151,10 @@ class S3Storage(Storage):
 
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        return str(self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                      ExpiresIn=expires_s))
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from producer import keys, states
-from producer.errors import ErrorCode, JobNotFoundError, JobStateError
+from producer.errors import ErrorCode, JobNotFoundError, JobStateError, RefusedForNowError
 from producer.job import Job
 from producer.request import NarrationRequest
 from producer.settings import Settings
@@ -76,10 +76,15 @@ class JobStore:
 
     # ---- records --------------------------------------------------------------------------------------------------
 
-    def create(self, request: NarrationRequest, queue: str) -> tuple[Job, bool]:
-        """A new queued job, or (existing job, False) when its idempotency key was used before."""
+    def create(self, request: NarrationRequest, queue: str, tenant: str | None = None,
+               max_queued: int = 0) -> tuple[Job, bool]:
+        """A new queued job, or (existing job, False) when its idempotency key was used before.
+
+        A tenant's jobs are listed in its own index; with `max_queued` > 0 a tenant at that many queued jobs is
+        refused (QUOTA_EXCEEDED).
+        """
         job_id, now = uuid.uuid4().hex, time.time()
-        idem = keys.idempotency_key(request.idempotency_key) if request.idempotency_key else ""
+        idem = keys.idempotency_key(request.idempotency_key, tenant) if request.idempotency_key else ""
         fields: dict[str, str] = {
             "id": job_id,
             "state": JobState.QUEUED.value,
@@ -88,18 +93,26 @@ class JobStore:
             "attempts": "0",
             "queue": queue,
         }
+        if tenant:
+            fields["tenant"] = tenant
         if request.queue_ttl_s:
             fields["expires_at"] = repr(now + request.queue_ttl_s)
         if idem:
             fields["idempotency_redis_key"] = idem
         flat = [item for pair in fields.items() for item in pair]
-        created, found_id = self._create(keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem, keys.UNSENT_JOBS_KEY],
-                                         args=[job_id, repr(now), *flat])
-        return (Job.from_hash(fields), True) if created else (self.get(_text(found_id)), False)
+        created, found = self._create(
+            keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem, keys.UNSENT_JOBS_KEY,
+                  keys.tenant_jobs_key(tenant) if tenant else "", keys.tenant_queued_key(tenant) if tenant else ""],
+            args=[job_id, repr(now), max_queued, *flat])
+        if created == -1:
+            raise RefusedForNowError(f"tenant {tenant} has {_text(found)} jobs queued, its limit",
+                                     ErrorCode.QUOTA_EXCEEDED, retry_after_s=30)
+        return (Job.from_hash(fields), True) if created else (self.get(_text(found), tenant), False)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job; with `tenant`, only that tenant's (another tenant's job is "not found", like a missing one)."""
         data: Any = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
-        if not data:
+        if not data or (tenant is not None and _text(data.get(b"tenant", b"")) != tenant):
             raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
         job = _job(data.items())
         deadline = data.get(b"expires_at")
@@ -126,7 +139,7 @@ class JobStore:
         ttl = self.finished_ttl_s if transition.target.is_terminal else 0
         status, record = self._transition(
             keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY, keys.DEAD_LETTER_KEY,
-                  self._idempotency_key(job_id) if ttl or transition.releases_idempotency_key else ""],
+                  *self._side_keys(job_id)],
             args=[transition.target.value, _csv(transition.sources), ttl, _flag(transition.counts_attempt),
                   transition.deadline.value, repr(now), _flag(transition.dead_letters),
                   _flag(transition.releases_idempotency_key), job_id, *flat])
@@ -139,7 +152,7 @@ class JobStore:
         refused = transition.refuses_error.value if transition.refuses_error else ""
         status, record = self._retry(
             keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.DEAD_LETTER_KEY, keys.UNSENT_JOBS_KEY,
-                  self._idempotency_key(job_id)],
+                  *self._side_keys(job_id)],
             args=[transition.target.value, _csv(transition.sources), refused, repr(now),
                   repr(now + ttl) if ttl else "", job_id])
         return self._outcome(job_id, _text(status), record)
@@ -153,9 +166,11 @@ class JobStore:
             return None
         return _job(zip(record[::2], record[1::2], strict=True))
 
-    def _idempotency_key(self, job_id: str) -> str:
-        """The job's idempotency key in Redis ('' when none): declared to the script that expires or drops it."""
-        return _text(self.redis.hget(keys.job_key(job_id), "idempotency_redis_key") or "")  # type: ignore[arg-type]
+    def _side_keys(self, job_id: str) -> list[str]:
+        """The job's idempotency key and its tenant's queued set ('' when none), declared to the scripts that touch
+        them (both are fixed at creation, so reading them first is safe)."""
+        idem, tenant = self.redis.hmget(keys.job_key(job_id), ["idempotency_redis_key", "tenant"])  # type: ignore[misc]
+        return [_text(idem or b""), keys.tenant_queued_key(_text(tenant)) if tenant else ""]
 
     def _expire(self, job_id: str) -> Job:
         """The one place a queued job past its queue deadline becomes expired (the script checks the deadline)."""
@@ -286,12 +301,16 @@ class JobStore:
                 oldest_queued = max(oldest_queued, now - float(created))
         return counts, oldest_queued
 
-    def list(self, limit: int = 20, state: JobState | None = None) -> list[Job]:
-        """Newest first; index entries whose record expired are pruned on the way."""
+    def list(self, limit: int = 20, state: JobState | None = None, tenant: str | None = None,
+             before: float | None = None) -> list[Job]:
+        """Newest first, created before `before` (a cursor: the created_at of the last job of the previous page);
+        with `tenant`, only its jobs. Index entries whose record expired are pruned on the way."""
+        index = keys.tenant_jobs_key(tenant) if tenant else keys.JOB_INDEX_KEY
         jobs: list[Job] = []
         stale: list[str] = []
+        top: str = "+inf" if before is None else f"({before!r}"
         for start in range(0, 10_000, 200):
-            page: Any = self.redis.zrevrange(keys.JOB_INDEX_KEY, start, start + 199)
+            page: Any = self.redis.zrevrangebyscore(index, top, "-inf", start=start, num=200)
             ids = [_text(i) for i in page]
             if not ids:
                 break
@@ -308,7 +327,7 @@ class JobStore:
             if len(jobs) >= limit:
                 break
         if stale:  # pruned after paging, so ranks do not shift under the loop
-            self.redis.zrem(keys.JOB_INDEX_KEY, *stale)
+            self.redis.zrem(index, *stale)
         return jobs
 
 

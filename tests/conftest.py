@@ -83,3 +83,18 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start real `echoforge serve` processes; returns each one's base URL; all are stopped when the test ends."""
+    started = []
+
+    def start(settings: Settings, extra_env: dict[str, str] | None = None) -> str:
+        proc, url = services.start_api(settings, tmp_path, extra_env)
+        started.append(proc)
+        return url
+
+    yield start
+    for proc in started:
+        processes.stop(proc, grace_s=10)

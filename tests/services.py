@@ -134,7 +134,8 @@ def run_cli(settings: Settings, *args: str, extra_env: dict[str, str] | None = N
 def start_up(data_dir: Path, *args: str, cwd: Path = REPO) -> subprocess.Popen[str]:
     """`echoforge up` with nothing exported and a free Flower port; its stdout and stderr on `.stdout`."""
     return subprocess.Popen([str(ECHOFORGE_CLI), "up", "--data-dir", str(data_dir),
-                             "--flower-port", str(processes.free_port()), *args],
+                             "--flower-port", str(processes.free_port()), "--api-port", str(processes.free_port()),
+                             *args],
                             cwd=cwd, env=env_without_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -143,3 +144,13 @@ def flush(url: str) -> None:
     client = redis.Redis.from_url(url)
     client.flushall()
     client.close()
+
+
+def start_api(settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[
+        subprocess.Popen[bytes], str]:
+    """A real `echoforge serve` on a free port, configured by `settings`; (process, base URL) once it answers."""
+    port = processes.free_port()
+    env = {**settings_env(settings), **(extra_env or {})}
+    proc = processes.start([str(ECHOFORGE_CLI), "serve", "--port", str(port)], log_dir / f"api-{port}.log", env)
+    processes.wait_for_port(port, 60, proc)
+    return proc, f"http://127.0.0.1:{port}"

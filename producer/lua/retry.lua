@@ -1,6 +1,7 @@
 -- The `retry` transition: a failed or expired job is queued again under its id, its earlier end kept in 'history';
 -- the record (and its idempotency key) stop expiring, and the job waits to be sent.
--- KEYS: 1 job hash, 2 events channel, 3 dead letters (zset), 4 unsent jobs (zset), 5 idempotency key ('' when none)
+-- KEYS: 1 job hash, 2 events channel, 3 dead letters (zset), 4 unsent jobs (zset), 5 idempotency key ('' when none),
+--       6 its tenant's queued jobs (set; '' for no tenant)
 -- ARGV: 1 target state, 2 source states (comma separated), 3 an error code that forbids the retry, 4 now,
 --       5 the new queue deadline ('' for none), 6 job id
 -- Returns {'ok', the whole record flattened}, or {'missing' | 'refused', current state}.
@@ -22,5 +23,6 @@ redis.call('PERSIST', KEYS[1])
 if KEYS[5] ~= '' then redis.call('PERSIST', KEYS[5]) end
 redis.call('ZREM', KEYS[3], ARGV[6])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6])
+if KEYS[6] ~= '' then redis.call('SADD', KEYS[6], ARGV[6]) end
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {'ok', redis.call('HGETALL', KEYS[1])}

@@ -1,6 +1,6 @@
 -- Apply one named transition of producer/states.py to a job, atomically, only from one of its source states.
 -- KEYS: 1 job hash, 2 events channel, 3 running jobs (set), 4 dead letters (zset),
---       5 the job's idempotency key ('' when it has none)
+--       5 the job's idempotency key ('' when it has none), 6 its tenant's queued jobs (set; '' for no tenant)
 -- ARGV: 1 target state, 2 source states (comma separated), 3 ttl to set in seconds (0: none),
 --       4 '1' to count an attempt, 5 queue-deadline rule ('' ignore, 'not_passed', 'passed'), 6 now,
 --       7 '1' to dead-letter, 8 '1' to release the idempotency key, 9 job id, 10.. field/value pairs
@@ -16,6 +16,7 @@ if ARGV[5] ~= '' and current == 'queued' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 if ARGV[1] == 'running' then redis.call('SADD', KEYS[3], ARGV[9]) else redis.call('SREM', KEYS[3], ARGV[9]) end
+if KEYS[6] ~= '' and ARGV[1] ~= 'queued' then redis.call('SREM', KEYS[6], ARGV[9]) end
 if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 if ARGV[7] == '1' then redis.call('ZADD', KEYS[4], ARGV[6], ARGV[9]) end

@@ -1,0 +1,179 @@
+"""/v1/narrations: submit, read, list, cancel, retry, download and watch a tenant's narration jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from sse_starlette.sse import EventSourceResponse
+
+from producer import keys
+from producer.api.auth import caller_with
+from producer.api.bodies import json_object
+from producer.api.events import job_events
+from producer.api.models import JobList, JobOut
+from producer.api.problems import error_responses
+from producer.api_keys import ApiKey
+from producer.client import NarrationClient
+from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError
+from producer.job import Job
+from producer.request import MAX_PAYLOAD_BYTES, NarrationRequest
+from producer.states import JobState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/narrations", tags=["narrations"])
+Reader = Annotated[ApiKey, Depends(caller_with("narrations:read"))]
+Writer = Annotated[ApiKey, Depends(caller_with("narrations:write"))]
+_COMMON = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED)
+_ONE = error_responses(*_COMMON, ErrorCode.NOT_FOUND)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+(?:\.\d+)?)")
+
+
+def _client(request: Request) -> NarrationClient:
+    client: NarrationClient = request.app.state.client
+    return client
+
+
+def _public(job: Job) -> dict[str, Any]:
+    return job.to_public()
+
+
+@router.post("", status_code=202, response_model=JobOut, responses={
+    200: {"model": JobOut, "description": "the job ended within `Prefer: wait=N`"},
+    **error_responses(*_COMMON, ErrorCode.INVALID_REQUEST, ErrorCode.PAYLOAD_TOO_LARGE,
+                      ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.QUOTA_EXCEEDED, ErrorCode.OVERLOADED,
+                      ErrorCode.ENQUEUE_FAILED)},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": NarrationRequest.model_json_schema()}}}})
+async def submit(request: Request, key: Writer,
+                 idempotency_key: str | None = Header(default=None, description="the same key returns the same job"),
+                 prefer: str | None = Header(default=None, description="wait=N: answer when the job ends within N s"),
+                 ) -> Response:
+    """Queue a narration. Answers 202 with the job and its `Location`, or 200 with the finished job when it ended
+    within `Prefer: wait=N` seconds."""
+    fields = await json_object(request, MAX_PAYLOAD_BYTES)
+    if idempotency_key is not None:
+        if fields.get("idempotency_key") not in (None, idempotency_key):
+            raise InvalidRequestError("the Idempotency-Key header and the body's idempotency_key differ",
+                                      [("idempotency_key", "differs from the header")])
+        fields["idempotency_key"] = idempotency_key
+    parsed = NarrationRequest.parse(fields)
+    client = _client(request)
+    job = await run_in_threadpool(client.submit, parsed, None, key.tenant)
+    wait_s = _prefer_wait(prefer, request.app.state.settings.max_prefer_wait_s)
+    headers = {"Location": f"/v1/narrations/{job.id}"}
+    if wait_s:
+        job = await run_in_threadpool(client.wait, job.id, wait_s)
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
+    status = 200 if job.state.is_terminal else 202
+    return JSONResponse(_public(job), status_code=status, headers=headers)
+
+
+def _prefer_wait(prefer: str | None, cap: float) -> float:
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(float(match.group(1)), cap) if match else 0.0
+
+
+@router.get("", response_model=JobList, responses=error_responses(*_COMMON, ErrorCode.INVALID_REQUEST))
+def list_jobs(request: Request, key: Reader, state: JobState | None = None,
+              limit: int = Query(default=20, ge=1, le=200), cursor: str | None = None) -> dict[str, Any]:
+    """The tenant's jobs, newest first, a page at a time."""
+    before = _cursor(cursor)
+    jobs = _client(request).list(limit=limit, state=state, tenant=key.tenant, before=before)
+    next_cursor = repr(jobs[-1].created_at) if len(jobs) == limit else None
+    return {"data": [_public(j) for j in jobs], "next_cursor": next_cursor}
+
+
+def _cursor(cursor: str | None) -> float | None:
+    if cursor is None:
+        return None
+    try:
+        return float(cursor)
+    except ValueError as e:
+        raise InvalidRequestError("cursor: not a cursor from next_cursor", [("cursor", "invalid")]) from e
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_ONE)
+def get_job(job_id: str, request: Request, key: Reader) -> dict[str, Any]:
+    return _public(_client(request).get(job_id, key.tenant))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=_ONE)
+def cancel_job(job_id: str, request: Request, key: Writer) -> dict[str, Any]:
+    """A queued job is canceled at once; a running one stops at its next check (watch its events)."""
+    return _public(_client(request).cancel(job_id, key.tenant))
+
+
+@router.post("/{job_id}/retry", response_model=JobOut,
+             responses=error_responses(*_COMMON, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
+def retry_job(job_id: str, request: Request, key: Writer) -> dict[str, Any]:
+    """Queue a failed or expired job again; it resumes from its stored chunks."""
+    return _public(_client(request).retry(job_id, key.tenant))
+
+
+def _finished(request: Request, job_id: str, key: ApiKey) -> Job:
+    job = _client(request).get(job_id, key.tenant)
+    if job.state is not JobState.SUCCEEDED or not job.result:
+        raise JobNotReadyError(f"job {job_id} has no narration yet (state {job.state.value})")
+    return job
+
+
+_FILES = error_responses(*_COMMON, ErrorCode.NOT_FOUND, ErrorCode.NOT_READY, ErrorCode.STORAGE_ERROR)
+
+
+@router.get("/{job_id}/audio", response_class=Response, responses={
+    307: {"description": "a short-lived presigned URL of the audio (S3)"},
+    200: {"description": "the audio (local storage)", "content": {"audio/wav": {}, "audio/flac": {}}}, **_FILES})
+def audio(job_id: str, request: Request, key: Reader) -> Response:
+    job = _finished(request, job_id, key)
+    assert job.result is not None
+    storage, object_key = request.app.state.storage, job.result["key"]
+    url = storage.presigned_url(object_key, request.app.state.settings.presigned_url_ttl_s)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    return FileResponse(storage.local_path(object_key), media_type=f"audio/{job.result['format']}",
+                        filename=f"{job_id}.{job.result['format']}")
+
+
+def _object(request: Request, job: Job, object_key: str, media_type: str) -> Response:
+    data = request.app.state.storage.get_bytes(object_key)
+    if data is None:
+        raise JobNotReadyError(f"job {job.id}: {object_key.rsplit('/', 1)[-1]} is not in storage")
+    return Response(data, media_type=media_type)
+
+
+@router.get("/{job_id}/captions.srt", response_class=Response, responses={
+    200: {"content": {"application/x-subrip": {}}, "description": "SubRip captions"}, **_FILES})
+def captions_srt(job_id: str, request: Request, key: Reader) -> Response:
+    job = _finished(request, job_id, key)
+    assert job.result is not None
+    return _object(request, job, job.result["captions"]["srt"], "application/x-subrip")
+
+
+@router.get("/{job_id}/captions.vtt", response_class=Response, responses={
+    200: {"content": {"text/vtt": {}}, "description": "WebVTT captions"}, **_FILES})
+def captions_vtt(job_id: str, request: Request, key: Reader) -> Response:
+    job = _finished(request, job_id, key)
+    assert job.result is not None
+    return _object(request, job, job.result["captions"]["vtt"], "text/vtt")
+
+
+@router.get("/{job_id}/manifest", response_class=Response, responses={
+    200: {"content": {"application/json": {}}, "description": "the job's manifest: every chunk, the model"},
+    **_FILES})
+def manifest(job_id: str, request: Request, key: Reader) -> Response:
+    job = _client(request).get(job_id, key.tenant)
+    storage = request.app.state.storage
+    return _object(request, job, storage.key_for(job.id, keys.MANIFEST_OBJECT), "application/json")
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses={
+    200: {"content": {"text/event-stream": {}},
+          "description": "`state` and `progress` events, each the job record, until the job ends"}, **_ONE})
+async def events(job_id: str, request: Request, key: Reader) -> EventSourceResponse:
+    await run_in_threadpool(_client(request).get, job_id, key.tenant)  # 404 before the stream starts
+    return EventSourceResponse(job_events(request.app.state.async_redis, job_id), ping=15)
