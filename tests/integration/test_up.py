@@ -6,6 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import psutil
 import soundfile as sf
 
@@ -40,8 +41,12 @@ def test_up_stays_up_until_ctrl_c_then_stops_every_child(tmp_path: Path) -> None
         if line.startswith("EchoForge is running"):
             break
     assert any(line.startswith("demo job   succeeded") for line in seen), "".join(seen)
+    api_line = next(line for line in seen if line.startswith("api "))
+    url, key = api_line.split()[1], api_line.rstrip(")\n").split()[-1]
+    listed = httpx.get(f"{url}v1/narrations", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert listed.status_code == 200, "the API answers with the printed development key"
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 3, "redis, worker (and its pool child) and flower"
+    assert len(children) >= 4, "redis, worker (and its pool child), flower and the API"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
     assert "stopping..." in proc.stdout.read()
