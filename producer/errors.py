@@ -17,6 +17,7 @@ __all__ = [
     "MalformedRequestError",
     "NarrationTimeoutError",
     "PayloadTooLargeError",
+    "Quota",
     "RefusedForNowError",
     "StorageError",
     "StorageUnavailableError",
@@ -49,6 +50,15 @@ class ErrorCode(str, Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL_ERROR = "internal_error"
+
+
+class Quota(str, Enum):
+    """Which limit refused a request for now (an HTTP problem's `quota`, a metrics label)."""
+
+    REQUEST_RATE = "request_rate"  # a tenant's requests per second (token bucket)
+    QUEUED_JOBS = "queued_jobs"  # a tenant's jobs queued at once
+    CHARACTERS_PER_DAY = "characters_per_day"  # a tenant's characters submitted per UTC day
+    QUEUE_DEPTH = "queue_depth"  # the whole queue's depth (back-pressure)
 
 
 class EchoForgeError(Exception):
@@ -139,12 +149,15 @@ class ForbiddenError(EchoForgeError):
 
 
 class RefusedForNowError(EchoForgeError):
-    """Refused for a while (rate limit, quota, a full queue): try again after `retry_after_s`."""
+    """Refused for a while (rate limit, quota, a full queue): try again after `retry_after_s`; `quota` names the
+    limit that refused it."""
 
-    def __init__(self, message: str, code: ErrorCode, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, code: ErrorCode, retry_after_s: float | None = None,
+                 quota: Quota | None = None) -> None:
         super().__init__(message)
         self.code = code  # type: ignore[misc]  # one of RATE_LIMITED, QUOTA_EXCEEDED, OVERLOADED
         self.retry_after_s = retry_after_s
+        self.quota = quota
 
 
 class NarrationTimeoutError(EchoForgeError):

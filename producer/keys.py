@@ -15,6 +15,9 @@ JOB_INDEX_KEY = "echoforge:jobs"
 IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
 # A tenant's own job index (sorted set of job ids by creation time): echoforge:tenant:<tenant>:jobs.
 # The set of its queued jobs, for its cap on jobs queued at once: echoforge:tenant:<tenant>:queued.
+# Its request token bucket (hash: tokens, at), shared by every API process: echoforge:tenant:<tenant>:bucket.
+# The characters it submitted on one UTC day (a counter that expires after two days):
+# echoforge:tenant:<tenant>:chars:<YYYY-MM-DD>.
 TENANT_PREFIX = "echoforge:tenant:"
 # Per-job run lock, value = the holder's token, kept alive by a heartbeat: echoforge:lock:<job_id>.
 JOB_LOCK_PREFIX = "echoforge:lock:"
@@ -64,6 +67,15 @@ def tenant_jobs_key(tenant: str) -> str:
 
 def tenant_queued_key(tenant: str) -> str:
     return f"{TENANT_PREFIX}{tenant}:queued"
+
+
+def tenant_bucket_key(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}:bucket"
+
+
+def tenant_daily_chars_key(tenant: str, day: str) -> str:
+    """`day` is the UTC date, YYYY-MM-DD."""
+    return f"{TENANT_PREFIX}{tenant}:chars:{day}"
 
 
 def tenant_webhook_secret_key(tenant: str) -> str:

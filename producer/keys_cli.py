@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 
 from producer.api_keys import ApiKeyStore
 from producer.settings import Settings
@@ -37,7 +40,23 @@ def run_keys(args: argparse.Namespace, settings: Settings) -> int:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    uvicorn.run("producer.api.app:create_app_from_environment", factory=True, host=args.host or settings.api_host,
-                port=args.port if args.port is not None else settings.api_port, workers=args.workers,
-                log_level="info", access_log=False)
+    made = _metrics_folder(args.workers)
+    try:
+        uvicorn.run("producer.api.app:create_app_from_environment", factory=True,
+                    host=args.host or settings.api_host,
+                    port=args.port if args.port is not None else settings.api_port, workers=args.workers,
+                    log_level="info", access_log=False)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
+
+
+def _metrics_folder(workers: int) -> str | None:
+    """Several API processes count into one multiprocess folder (prometheus_client's PROMETHEUS_MULTIPROC_DIR),
+    so /metrics answers for all of them: the operator's, or a fresh one made here (returned, to remove at exit)."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    made = tempfile.mkdtemp(prefix="echoforge-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made  # the worker processes inherit it
+    return made

@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     presigned_url_ttl_s: int = Field(default=300, ge=10, le=7 * 24 * 3600)
     # The longest `Prefer: wait=N` a POST honours.
     max_prefer_wait_s: float = Field(default=60.0, ge=0.0, le=600.0)
+    # Quotas and back-pressure (docs/quotas.md). A tenant's requests: a token bucket of `burst` tokens refilled at
+    # `per_s` a second, shared by every API process (0 per second: no limit).
+    tenant_rate_limit_per_s: float = Field(default=50.0, ge=0.0)
+    tenant_rate_limit_burst: int = Field(default=100, ge=1)
+    # A tenant's jobs queued at once, and characters submitted per UTC day (0: no limit).
+    tenant_max_queued_jobs: int = Field(default=100, ge=0)
+    tenant_max_chars_per_day: int = Field(default=1_000_000, ge=0)
+    # New jobs are refused (503 overloaded) while more messages than this wait in the queue (0: off), and told to
+    # come back after `overloaded_retry_after_s`.
+    max_queue_depth: int = Field(default=10_000, ge=0)
+    overloaded_retry_after_s: float = Field(default=10.0, ge=1.0, le=3600.0)
 
     @field_validator("storage_url")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from producer import keys, states
-from producer.errors import ErrorCode, JobNotFoundError, JobStateError, RefusedForNowError
+from producer.errors import ErrorCode, JobNotFoundError, JobStateError, Quota, RefusedForNowError
 from producer.job import Job
 from producer.request import NarrationRequest
 from producer.settings import Settings
@@ -105,8 +105,9 @@ class JobStore:
                   keys.tenant_jobs_key(tenant) if tenant else "", keys.tenant_queued_key(tenant) if tenant else ""],
             args=[job_id, repr(now), max_queued, *flat])
         if created == -1:
-            raise RefusedForNowError(f"tenant {tenant} has {_text(found)} jobs queued, its limit",
-                                     ErrorCode.QUOTA_EXCEEDED, retry_after_s=30)
+            raise RefusedForNowError(f"quota queued_jobs: tenant {tenant} has {_text(found)} jobs queued, its limit "
+                                     "of jobs queued at once", ErrorCode.QUOTA_EXCEEDED, retry_after_s=30,
+                                     quota=Quota.QUEUED_JOBS)
         return (Job.from_hash(fields), True) if created else (self.get(_text(found), tenant), False)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
@@ -270,6 +271,10 @@ class JobStore:
         return [_text(i) for i in ids]
 
     # ---- read-only queries ----------------------------------------------------------------------------------------
+
+    def idempotency_key_used(self, key: str, tenant: str | None = None) -> bool:
+        """Whether an idempotency key (of `tenant`) names a job already."""
+        return bool(self.redis.exists(keys.idempotency_key(key, tenant)))
 
     def dead_lettered(self) -> list[str]:
         return [_text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]

@@ -90,8 +90,8 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start real `echoforge serve` processes; returns each one's base URL; all are stopped when the test ends."""
     started = []
 
-    def start(settings: Settings, extra_env: dict[str, str] | None = None) -> str:
-        proc, url = services.start_api(settings, tmp_path, extra_env)
+    def start(settings: Settings, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> str:
+        proc, url = services.start_api(settings, tmp_path, extra_env, args)
         started.append(proc)
         return url
 

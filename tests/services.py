@@ -146,11 +146,13 @@ def flush(url: str) -> None:
     client.close()
 
 
-def start_api(settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[
-        subprocess.Popen[bytes], str]:
-    """A real `echoforge serve` on a free port, configured by `settings`; (process, base URL) once it answers."""
+def start_api(settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None,
+              args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `echoforge serve [args]` on a free port, configured by `settings`; (process, base URL) once it
+    answers. Its log is `log_dir/api-<port>.log`."""
     port = processes.free_port()
     env = {**settings_env(settings), **(extra_env or {})}
-    proc = processes.start([str(ECHOFORGE_CLI), "serve", "--port", str(port)], log_dir / f"api-{port}.log", env)
+    proc = processes.start([str(ECHOFORGE_CLI), "serve", "--port", str(port), *args], log_dir / f"api-{port}.log",
+                           env)
     processes.wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"

@@ -10,14 +10,17 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from producer.api import narrations
+from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
 from producer.client import NarrationClient
-from producer.errors import EchoForgeError, ErrorCode
+from producer.errors import EchoForgeError, ErrorCode, RefusedForNowError
+from producer.quotas import Quotas
 from producer.settings import Settings
 from producer.storage import open_storage
 
@@ -34,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.client = NarrationClient(settings)
         app.state.api_keys = ApiKeyStore(app.state.client.jobs.redis)
+        app.state.quotas = Quotas(app.state.client.jobs, settings)
         app.state.storage = open_storage(settings)
         app.state.async_redis = aioredis.Redis.from_url(settings.redis_url)
         yield
@@ -43,8 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="EchoForge", version="1", lifespan=lifespan,
                   description="Long-form text to speech with Sesame CSM-1B: durable narration jobs over HTTP.",
                   responses={500: {"model": Problem, "description": "internal_error"}})
+    app.state.metrics = ApiMetrics()
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.include_router(narrations.router)
     app.add_exception_handler(EchoForgeError, handle_error)
+    app.add_exception_handler(RefusedForNowError, _refused_for_now)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(HTTPException, _http_error)
 
@@ -62,7 +69,20 @@ def create_app(settings: Settings) -> FastAPI:
             return problem(ErrorCode.OVERLOADED, f"Redis is unreachable ({type(e).__name__})", status=503)
         return {"status": "ready"}
 
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of the API (every process's, with `--workers N`); see docs/metrics.md."""
+        return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+async def _refused_for_now(request: Request, error: Exception) -> JSONResponse:
+    """A quota refused the request: counted by quota, then answered like any error (with Retry-After)."""
+    assert isinstance(error, RefusedForNowError)
+    request.app.state.metrics.refused_by(error.quota)
+    return await handle_error(request, error)
 
 
 async def _invalid_parameters(request: Request, error: Exception) -> JSONResponse:

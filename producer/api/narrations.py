@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -18,8 +19,9 @@ from producer.api.models import JobList, JobOut
 from producer.api.problems import error_responses
 from producer.api_keys import ApiKey
 from producer.client import NarrationClient
-from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError
+from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError, RefusedForNowError
 from producer.job import Job
+from producer.quotas import Quotas
 from producer.request import MAX_PAYLOAD_BYTES, NarrationRequest
 from producer.states import JobState
 
@@ -63,7 +65,7 @@ async def submit(request: Request, key: Writer,
         fields["idempotency_key"] = idempotency_key
     parsed = NarrationRequest.parse(fields)
     client = _client(request)
-    job = await run_in_threadpool(client.submit, parsed, None, key.tenant)
+    job = await run_in_threadpool(_submit_within_quotas, request, parsed, key.tenant)
     wait_s = _prefer_wait(prefer, request.app.state.settings.max_prefer_wait_s)
     headers = {"Location": f"/v1/narrations/{job.id}"}
     if wait_s:
@@ -71,6 +73,30 @@ async def submit(request: Request, key: Writer,
         headers["Preference-Applied"] = f"wait={wait_s:g}"
     status = 200 if job.state.is_terminal else 202
     return JSONResponse(_public(job), status_code=status, headers=headers)
+
+
+def _submit_within_quotas(request: Request, parsed: NarrationRequest, tenant: str) -> Job:
+    """Submit for `tenant` unless the queue is too deep, within its characters per day and jobs queued at once.
+    The characters are charged just before the job is created, and given back when no job was created: refused, not
+    enqueued, or an idempotency key used before (its job was charged when it was created)."""
+    quotas: Quotas = request.app.state.quotas
+    client = _client(request)
+    quotas.check_queue_depth()  # OVERLOADED while the queue is deeper than max_queue_depth (read every 0.5 s)
+    try:
+        charge = quotas.charge_characters(tenant, len(parsed.text))  # QUOTA_EXCEEDED over the day's limit
+    except RefusedForNowError:
+        if not parsed.idempotency_key or not client.jobs.idempotency_key_used(parsed.idempotency_key, tenant):
+            raise
+        charge = None  # a repeated submit: answered with the job it created, which was charged then
+    submitted_at = time.time()
+    try:
+        job = client.submit(parsed, None, tenant, request.app.state.settings.tenant_max_queued_jobs)
+    except Exception:
+        quotas.refund(charge)
+        raise
+    if job.created_at < submitted_at:  # an earlier submit with this idempotency key created it
+        quotas.refund(charge)
+    return job
 
 
 def _prefer_wait(prefer: str | None, cap: float) -> float:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from producer.errors import EchoForgeError, ErrorCode, InvalidRequestError, MalformedRequestError, RefusedForNowError
+from producer.errors import (
+    EchoForgeError,
+    ErrorCode,
+    InvalidRequestError,
+    MalformedRequestError,
+    Quota,
+    RefusedForNowError,
+)
 
 __all__ = ["HTTP_STATUS", "Problem", "ProblemField", "error_responses", "handle_error", "problem"]
 
@@ -46,16 +54,18 @@ class Problem(BaseModel):
     status: int
     detail: str
     code: ErrorCode
+    quota: Quota | None = None
     errors: list[ProblemField] | None = None
 
 
 def problem(code: ErrorCode, detail: str, status: int | None = None, fields: list[tuple[str, str]] | None = None,
-            retry_after_s: float | None = None) -> JSONResponse:
+            retry_after_s: float | None = None, quota: Quota | None = None) -> JSONResponse:
+    """A problem response; `retry_after_s` becomes `Retry-After` in whole seconds, rounded up (never early)."""
     status = status or HTTP_STATUS.get(code, 500)
     body = Problem(type=f"https://echoforge.dev/problems/{code.value}", title=code.value.replace("_", " "),
-                   status=status, detail=detail, code=code,
+                   status=status, detail=detail, code=code, quota=quota,
                    errors=[ProblemField(field=f, message=m) for f, m in fields] if fields else None)
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers,
                         media_type=MEDIA_TYPE)
 
@@ -65,8 +75,9 @@ async def handle_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, EchoForgeError)
     fields = error.fields if isinstance(error, InvalidRequestError) else None
     retry = error.retry_after_s if isinstance(error, RefusedForNowError) else None
+    quota = error.quota if isinstance(error, RefusedForNowError) else None
     status = 400 if isinstance(error, MalformedRequestError) else None
-    return problem(error.code, str(error), status, fields, retry)
+    return problem(error.code, str(error), status, fields, retry, quota)
 
 
 def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
