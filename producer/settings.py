@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     presigned_url_ttl_s: int = Field(default=300, ge=10, le=7 * 24 * 3600)
     # The longest `Prefer: wait=N` a POST honours.
     max_prefer_wait_s: float = Field(default=60.0, ge=0.0, le=600.0)
+    # The largest POST /v1/voices body (the recording and its form fields) taken; a larger one is refused (413).
+    max_voice_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
     @field_validator("storage_url")
     @classmethod

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations
+from producer.api import narrations, voices
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
 from producer.client import NarrationClient
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Long-form text to speech with Sesame CSM-1B: durable narration jobs over HTTP.",
                   responses={500: {"model": Problem, "description": "internal_error"}})
     app.include_router(narrations.router)
+    app.include_router(voices.router)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(HTTPException, _http_error)
