@@ -4,6 +4,9 @@ from __future__ import annotations
 
 # Celery queue (a Redis list of that name, plus one list per priority step) the workers consume.
 NARRATION_QUEUE = "echoforge.narration"
+# Celery queue the webhook delivery worker consumes (`celery -A producer.webhooks.app worker -Q ...`): never a GPU
+# worker's pool.
+WEBHOOK_QUEUE = "echoforge.webhooks"
 # Celery task name producers send by name; the worker registers it under the same name.
 NARRATE_TASK = "echoforge.narrate"
 # Hash holding one job record: echoforge:job:<job_id>.
@@ -36,6 +39,9 @@ JOB_EVENTS_PREFIX = "echoforge:events:"
 # and the sorted set of every key id by creation time.
 API_KEY_PREFIX = "echoforge:apikey:"
 API_KEYS_INDEX = "echoforge:apikeys"
+# One voice (hash: tenant, name, transcript, the recording's sha256 and length, created_at): echoforge:voice:<id>;
+# a tenant's voice index (sorted set of voice ids by creation time): echoforge:tenant:<tenant>:voices.
+VOICE_KEY_PREFIX = "echoforge:voice:"
 # How long a finished job record (and its idempotency key) stays readable.
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
@@ -76,6 +82,12 @@ def tenant_bucket_key(tenant: str) -> str:
 def tenant_daily_chars_key(tenant: str, day: str) -> str:
     """`day` is the UTC date, YYYY-MM-DD."""
     return f"{TENANT_PREFIX}{tenant}:chars:{day}"
+def tenant_voices_key(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}:voices"
+
+
+def voice_key(voice_id: str) -> str:
+    return VOICE_KEY_PREFIX + voice_id
 
 
 def tenant_webhook_secret_key(tenant: str) -> str:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations
+from producer.api import narrations, voices
 from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.include_router(narrations.router)
+    app.include_router(voices.router)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RefusedForNowError, _refused_for_now)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)

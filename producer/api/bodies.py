@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import Message, Receive
 
-from producer.errors import MalformedRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from producer.errors import InvalidRequestError, MalformedRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from producer.settings import Settings
 
-__all__ = ["json_object", "read_limited"]
+__all__ = ["json_object", "multipart_route", "page_cursor", "read_limited"]
 
 
 def media_type(request: Request) -> str:
@@ -43,3 +47,53 @@ async def json_object(request: Request, limit: int) -> dict[str, Any]:
         raise MalformedRequestError(f"the body must be a JSON object, not {type(data).__name__}",
                                     [("body", "not an object")])
     return data
+
+
+def page_cursor(cursor: str | None) -> float | None:
+    """A listing's `?cursor=` (a `next_cursor` it answered before) as the creation time to page on from."""
+    if cursor is None:
+        return None
+    try:
+        return float(cursor)
+    except ValueError as e:
+        raise InvalidRequestError("cursor: not a cursor from next_cursor", [("cursor", "invalid")]) from e
+
+
+def multipart_route(limit: Callable[[Settings], int]) -> type[APIRoute]:
+    """A route class for endpoints whose parameters are a multipart form (FastAPI's UploadFile/Form parse it).
+
+    Before FastAPI parses the form, the body's type (multipart/form-data, else 415) and size (at most
+    `limit(settings)` bytes, else 413, by its Content-Length or while it streams in) are checked, and refused as
+    problems like every other error. Routes without a body are left alone.
+    """
+
+    class MultipartRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            parse_and_run = super().get_route_handler()
+            if self.body_field is None:
+                return parse_and_run
+
+            async def checked(request: Request) -> Response:
+                if media_type(request) != "multipart/form-data":
+                    raise UnsupportedMediaTypeError(
+                        f"send multipart/form-data, not {media_type(request) or 'no content type'}")
+                body = await read_limited(request, limit(request.app.state.settings))
+                return await parse_and_run(Request(request.scope, _replay(body, request.receive)))
+
+            return checked
+
+    return MultipartRoute
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands out the body already read, then the client's own (its disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from producer.states import JobState
 
-__all__ = ["JobList", "JobOut"]
+__all__ = ["JobList", "JobOut", "VoiceList", "VoiceOut"]
 
 
 class JobOut(BaseModel):
@@ -32,4 +32,21 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     data: list[JobOut]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next (older) page")
+
+
+class VoiceOut(BaseModel):
+    """A saved voice: a checked recording and its transcript, for narrations to name as `voice_id`."""
+
+    id: str
+    tenant: str
+    name: str | None = None
+    transcript: str = Field(description="what the recording says (the narration's `voice_text`)")
+    sha256: str = Field(description="the stored recording (mono 32-bit float WAV), content-addressed")
+    seconds: float
+    created_at: str
+
+
+class VoiceList(BaseModel):
+    data: list[VoiceOut]
     next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next (older) page")

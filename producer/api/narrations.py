@@ -13,10 +13,11 @@ from sse_starlette.sse import EventSourceResponse
 
 from producer import keys
 from producer.api.auth import caller_with
-from producer.api.bodies import json_object
+from producer.api.bodies import json_object, page_cursor
 from producer.api.events import job_events
 from producer.api.models import JobList, JobOut
 from producer.api.problems import error_responses
+from producer.api.voices import voice_store
 from producer.api_keys import ApiKey
 from producer.client import NarrationClient
 from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError, RefusedForNowError
@@ -44,25 +45,48 @@ def _public(job: Job) -> dict[str, Any]:
     return job.to_public()
 
 
+def _request_schema() -> dict[str, Any]:
+    """The body of POST /v1/narrations: a NarrationRequest, or one naming a saved voice by `voice_id`."""
+    schema = NarrationRequest.model_json_schema()
+    schema["properties"]["voice_id"] = {
+        "type": "string", "title": "Voice Id",
+        "description": "a voice saved with POST /v1/voices (this tenant's): its recording and transcript become "
+                       "the voice prompt; not together with voice_prompt_sha256 or voice_text"}
+    return schema
+
+
+async def _resolve_voice(request: Request, fields: dict[str, Any], tenant: str) -> None:
+    """Replace `voice_id` by the tenant's voice's recording and transcript (another tenant's voice: not_found)."""
+    voice_id = fields.pop("voice_id")
+    clash = [name for name in ("voice_prompt_sha256", "voice_text") if fields.get(name) is not None]
+    if clash or not isinstance(voice_id, str):
+        problem = f"not together with {' or '.join(clash)}" if clash else "must be a voice id (a string)"
+        raise InvalidRequestError(f"invalid narration request: voice_id: {problem}", [("voice_id", problem)])
+    voice = await run_in_threadpool(voice_store(request).get, voice_id, tenant)
+    fields.update(voice_prompt_sha256=voice.sha256, voice_text=voice.transcript)
+
+
 @router.post("", status_code=202, response_model=JobOut, responses={
     200: {"model": JobOut, "description": "the job ended within `Prefer: wait=N`"},
-    **error_responses(*_COMMON, ErrorCode.INVALID_REQUEST, ErrorCode.PAYLOAD_TOO_LARGE,
+    **error_responses(*_COMMON, ErrorCode.NOT_FOUND, ErrorCode.INVALID_REQUEST, ErrorCode.PAYLOAD_TOO_LARGE,
                       ErrorCode.UNSUPPORTED_MEDIA_TYPE, ErrorCode.QUOTA_EXCEEDED, ErrorCode.OVERLOADED,
                       ErrorCode.ENQUEUE_FAILED)},
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": NarrationRequest.model_json_schema()}}}})
+        "application/json": {"schema": _request_schema()}}}})
 async def submit(request: Request, key: Writer,
                  idempotency_key: str | None = Header(default=None, description="the same key returns the same job"),
                  prefer: str | None = Header(default=None, description="wait=N: answer when the job ends within N s"),
                  ) -> Response:
     """Queue a narration. Answers 202 with the job and its `Location`, or 200 with the finished job when it ended
-    within `Prefer: wait=N` seconds."""
+    within `Prefer: wait=N` seconds. `voice_id` names one of the tenant's saved voices (another tenant's: 404)."""
     fields = await json_object(request, MAX_PAYLOAD_BYTES)
     if idempotency_key is not None:
         if fields.get("idempotency_key") not in (None, idempotency_key):
             raise InvalidRequestError("the Idempotency-Key header and the body's idempotency_key differ",
                                       [("idempotency_key", "differs from the header")])
         fields["idempotency_key"] = idempotency_key
+    if "voice_id" in fields:
+        await _resolve_voice(request, fields, key.tenant)
     parsed = NarrationRequest.parse(fields)
     client = _client(request)
     job = await run_in_threadpool(_submit_within_quotas, request, parsed, key.tenant)
@@ -108,19 +132,10 @@ def _prefer_wait(prefer: str | None, cap: float) -> float:
 def list_jobs(request: Request, key: Reader, state: JobState | None = None,
               limit: int = Query(default=20, ge=1, le=200), cursor: str | None = None) -> dict[str, Any]:
     """The tenant's jobs, newest first, a page at a time."""
-    before = _cursor(cursor)
+    before = page_cursor(cursor)
     jobs = _client(request).list(limit=limit, state=state, tenant=key.tenant, before=before)
     next_cursor = repr(jobs[-1].created_at) if len(jobs) == limit else None
     return {"data": [_public(j) for j in jobs], "next_cursor": next_cursor}
-
-
-def _cursor(cursor: str | None) -> float | None:
-    if cursor is None:
-        return None
-    try:
-        return float(cursor)
-    except ValueError as e:
-        raise InvalidRequestError("cursor: not a cursor from next_cursor", [("cursor", "invalid")]) from e
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ONE)

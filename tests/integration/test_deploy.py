@@ -7,23 +7,31 @@ CRDs that no Kubernetes schema knows: their essential fields are checked here in
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.metadata
 import importlib.util
 import re
 import shlex
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from producer import keys
+from producer.api.app import create_app
 from producer.celery_config import celery_config
+from producer.cli_args import build_parser
 from producer.settings import Settings
 from tests import services
 
@@ -56,6 +64,24 @@ def option(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
+# The webhook delivery worker, exactly as producer/webhooks runs it (compose and Kubernetes alike).
+WEBHOOK_WORKER = ["celery", "-A", "producer.webhooks.app", "worker", "-Q", keys.WEBHOOK_QUEUE, "--pool", "threads",
+                  "--concurrency", "16", "--hostname", "webhooks@%h"]
+
+
+def app_paths() -> set[str]:
+    """The paths the real API app serves (GET), asked of the app itself."""
+    app = create_app(Settings())
+    return {route.path for route in app.routes if "GET" in (getattr(route, "methods", None) or set())}
+
+
+def compose_api_health_url() -> str:
+    test = compose()["services"]["api"]["healthcheck"]["test"]
+    found = re.search(r"http://127\.0\.0\.1:\d+/[\w/]*", " ".join(test))
+    assert found, test
+    return found.group()
+
+
 def test_compose_file_validates_against_the_compose_spec() -> None:
     done = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
                           capture_output=True, text=True, timeout=120)
@@ -68,7 +94,7 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
 
 def test_compose_workers_consume_the_producers_queue() -> None:
     services = compose()["services"]
-    workers = [name for name, svc in services.items() if "worker" in svc.get("command", [])]
+    workers = [name for name, svc in services.items() if "worker.app" in svc.get("command", [])]
     assert sorted(workers) == ["worker-cpu", "worker-gpu"]
     for name in workers:
         svc = services[name]
@@ -229,3 +255,116 @@ def test_the_liveness_probe_command_pings_a_real_worker(
     elsewhere = subprocess.run(probe, env={**env, "HOSTNAME": "some-other-pod"}, cwd=REPO / "deploy",
                                capture_output=True, text=True, timeout=120)
     assert elsewhere.returncode != 0, "the probe must fail when this pod's worker does not answer"
+
+
+def test_compose_api_serves_on_its_published_port_with_a_health_check_the_app_answers() -> None:
+    api = compose()["services"]["api"]
+    assert api["build"]["dockerfile"] == "deploy/producer.Dockerfile" and api["image"] == "echoforge-producer:latest"
+    args = build_parser().parse_args(api["command"][1:])  # the real CLI parses the service's command
+    assert api["command"][0] == "echoforge" and args.command == "serve" and args.host == "0.0.0.0"
+    assert api["ports"] == [f"127.0.0.1:${{API_PORT:-{args.port}}}:{args.port}"], "published on localhost only"
+    health = httpx.URL(compose_api_health_url())
+    assert health.port == args.port and health.path == "/readyz" and health.path in app_paths()
+    env = api["environment"]
+    assert env["ECHOFORGE_QUEUE"] == keys.NARRATION_QUEUE and "ECHOFORGE_REDIS_URL" in env
+    assert "ECHOFORGE_STORAGE_URL" in env and "AWS_SECRET_ACCESS_KEY" in env, "voice uploads and audio URLs"
+    assert not {"HF_TOKEN", "FLOWER_BASIC_AUTH"} & set(env)
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_webhook_worker_consumes_the_webhook_queue_in_the_light_image() -> None:
+    webhooks = compose()["services"]["webhooks"]
+    assert webhooks["command"] == WEBHOOK_WORKER and option(webhooks["command"], "-Q") == keys.WEBHOOK_QUEUE
+    assert webhooks["image"] == "echoforge-producer:latest"
+    assert 'inspect ping --timeout 10 --destination "webhooks@$$HOSTNAME"' in webhooks["healthcheck"]["test"][-1]
+    assert set(webhooks["environment"]) == {"ECHOFORGE_REDIS_URL"}, "no storage or model secrets"
+
+
+def test_api_deployment_probes_paths_the_app_serves() -> None:
+    paths = app_paths()
+    spec = find("Deployment", "echoforge-api")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = build_parser().parse_args(container["args"][1:])
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    assert container["ports"] == [{"name": "http", "containerPort": args.port}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {"/readyz", "/healthz"} <= paths
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    service = find("Service", "echoforge-api")["spec"]
+    assert service["selector"] == find("Deployment", "echoforge-api")["spec"]["selector"]["matchLabels"]
+    assert service["ports"][0]["targetPort"] == "http"
+
+
+def test_webhook_deployment_runs_the_webhook_worker() -> None:
+    (container,) = find("Deployment", "echoforge-webhooks")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == WEBHOOK_WORKER == compose()["services"]["webhooks"]["command"]
+    assert container["image"] == find("Deployment", "echoforge-api")["spec"]["template"]["spec"]["containers"][0][
+        "image"], "the light image"
+    assert '--destination "webhooks@$HOSTNAME"' in container["livenessProbe"]["exec"]["command"][-1]
+
+
+def test_every_pod_reads_only_config_and_secret_keys_that_exist() -> None:
+    config = find("ConfigMap", "echoforge-config")["metadata"]["name"]
+    secret = find("Secret", "echoforge-secrets")
+    for deployment in (d for d in manifests() if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert [ref["configMapRef"]["name"] for ref in container.get("envFrom", [])] == [config]
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"], var
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Every distribution these requirements install (as resolved in this venv, which CI builds the same way)."""
+    found: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if (name, frozenset(requirement.extras)) in seen:
+            continue
+        seen.add((name, frozenset(requirement.extras)))
+        found.add(name)
+        for raw in importlib.metadata.requires(requirement.name) or []:
+            sub = Requirement(raw)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in requirement.extras or {""}):
+                todo.append(sub)
+    return found
+
+
+def _third_party_imports(package: Path) -> set[str]:
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("producer", "worker", "__future__")}
+
+
+def test_the_producer_image_installs_every_library_the_api_and_producer_import() -> None:
+    dockerfile = (REPO / "deploy" / "producer.Dockerfile").read_text()
+    found = re.search(r"pip install -c constraints\.txt '\.\[([\w,-]+)\]'", dockerfile)
+    assert found, "the producer image installs the package with extras"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = found.group(1).split(",")
+    installed = _closure(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]])
+    providers = importlib.metadata.packages_distributions()
+    imported = _third_party_imports(REPO / "producer")
+    assert {"fastapi", "uvicorn", "sse_starlette"} <= imported, "the API's libraries are seen"
+    missing = {name for name in imported if not {canonicalize_name(d) for d in providers[name]} & installed}
+    # Form and UploadFile (POST /v1/voices) need python-multipart, which FastAPI imports only when a form arrives.
+    assert not missing and "python-multipart" in installed, f"not installed in the producer image: {missing}"
+
+
+def test_the_health_checks_paths_answer_on_a_real_api(settings: Settings, start_api: Callable[..., str]) -> None:
+    base = start_api(settings)
+    probes = find("Deployment", "echoforge-api")["spec"]["template"]["spec"]["containers"][0]
+    for path in (httpx.URL(compose_api_health_url()).path, probes["readinessProbe"]["httpGet"]["path"],
+                 probes["livenessProbe"]["httpGet"]["path"]):
+        assert httpx.get(base + path, timeout=10).status_code == 200, path
