@@ -82,6 +82,8 @@ def tenant_bucket_key(tenant: str) -> str:
 def tenant_daily_chars_key(tenant: str, day: str) -> str:
     """`day` is the UTC date, YYYY-MM-DD."""
     return f"{TENANT_PREFIX}{tenant}:chars:{day}"
+
+
 def tenant_voices_key(tenant: str) -> str:
     return f"{TENANT_PREFIX}{tenant}:voices"
 

@@ -36,3 +36,12 @@ def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
             if not (page.parent / target).exists():
                 broken.append(f"{page.name} -> {target}")
     assert broken == []
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    from producer.settings import Settings
+
+    table = (REPO / "docs" / "configuration.md").read_text()
+    missing = [f"ECHOFORGE_{name.upper()}" for name in Settings.model_fields
+               if f"`ECHOFORGE_{name.upper()}`" not in table]
+    assert missing == []
