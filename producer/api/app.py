@@ -13,13 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations
+from producer.api import narrations, webhooks
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
 from producer.client import NarrationClient
 from producer.errors import EchoForgeError, ErrorCode
 from producer.settings import Settings
 from producer.storage import open_storage
+from producer.webhooks.store import WebhookStore
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.client = NarrationClient(settings)
         app.state.api_keys = ApiKeyStore(app.state.client.jobs.redis)
+        app.state.webhooks = WebhookStore(app.state.client.jobs.redis)
         app.state.storage = open_storage(settings)
         app.state.async_redis = aioredis.Redis.from_url(settings.redis_url)
         yield
@@ -44,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Long-form text to speech with Sesame CSM-1B: durable narration jobs over HTTP.",
                   responses={500: {"model": Problem, "description": "internal_error"}})
     app.include_router(narrations.router)
+    app.include_router(webhooks.router)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(HTTPException, _http_error)
