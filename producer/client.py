@@ -22,6 +22,7 @@ from producer.states import JobState
 from producer.storage import open_storage
 from producer.store import JobStore
 from producer.voice import upload_voice_prompt
+from producer.webhooks.address import check_webhook_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -53,10 +54,13 @@ class NarrationClient:
 
         `voice_prompt` is a recording (0.5-20 s) of the voice to narrate in; the request's `voice_text` says
         what it says. It is stored before the job is recorded, so a bad file enqueues nothing. `tenant` owns the
-        job (the HTTP API's callers); `max_queued` caps the jobs that tenant may have queued at once.
+        job (the HTTP API's callers); `max_queued` caps the jobs that tenant may have queued at once. A webhook URL
+        whose host resolves to a private address is refused (unless ECHOFORGE_WEBHOOK_ALLOW_PRIVATE).
         """
         if not isinstance(request, NarrationRequest):
             request = NarrationRequest.parse(request, voice_upload_pending=voice_prompt is not None)
+        if request.webhook_url:
+            check_webhook_url(request.webhook_url, self.settings.webhook_allow_private)
         if voice_prompt is not None:
             if not request.voice_text:
                 raise InvalidRequestError("a voice prompt needs its transcript (voice_text)")

@@ -24,6 +24,8 @@ __all__ = [
     "SubmitError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
+    "WebhookAddressError",
+    "WebhookAddressRefusedError",
 ]
 
 
@@ -82,6 +84,18 @@ class InvalidRequestError(EchoForgeError, ValueError):
 
 class MalformedRequestError(InvalidRequestError):
     """The request body is not what it claims to be (not JSON, not UTF-8): HTTP 400 rather than 422."""
+
+
+class WebhookAddressError(InvalidRequestError):
+    """A webhook URL whose host does not resolve."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, [("webhook_url", message.removeprefix("webhook_url: "))])
+
+
+class WebhookAddressRefusedError(WebhookAddressError):
+    """A webhook URL whose host resolves to a loopback, private, link-local, reserved, multicast or metadata address
+    (refused unless ECHOFORGE_WEBHOOK_ALLOW_PRIVATE)."""
 
 
 class PayloadTooLargeError(EchoForgeError):

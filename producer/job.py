@@ -11,10 +11,11 @@ from typing import Any
 from producer.request import NarrationRequest
 from producer.states import JobState
 
-__all__ = ["Job"]
+__all__ = ["Job", "iso_time"]
 
 
-def _iso(ts: float | None) -> str | None:
+def iso_time(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC, to the millisecond."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
@@ -85,9 +86,9 @@ class Job:
             "id": self.id,
             "tenant": self.tenant,
             "state": self.state.value,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "created_at": iso_time(self.created_at),
+            "started_at": iso_time(self.started_at),
+            "finished_at": iso_time(self.finished_at),
             "attempts": self.attempts,
             "worker": self.worker,
             "progress": {**self.progress, "eta_s": self.eta_s()},

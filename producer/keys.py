@@ -42,6 +42,23 @@ API_KEYS_INDEX = "echoforge:apikeys"
 # One voice (hash: tenant, name, transcript, the recording's sha256 and length, created_at): echoforge:voice:<id>;
 # a tenant's voice index (sorted set of voice ids by creation time): echoforge:tenant:<tenant>:voices.
 VOICE_KEY_PREFIX = "echoforge:voice:"
+# Webhooks (producer/webhooks/). The Celery queue and task of deliveries: only the webhook worker consumes it, never
+# a GPU worker.
+WEBHOOK_QUEUE = "echoforge.webhooks"
+WEBHOOK_DELIVER_TASK = "echoforge.webhooks.deliver"
+# The outbox: a stream of {job_id, event, at} written by the transition script in the same step as the transition;
+# relays (in webhook workers) read it as one consumer group and move each entry to the queue.
+WEBHOOK_OUTBOX_KEY = "echoforge:webhooks:outbox"
+WEBHOOK_RELAY_GROUP = "relays"
+# One webhook message (hash: job, tenant, event, url, the body, attempts made) until it is delivered or given up:
+# echoforge:webhooks:message:<webhook id>.
+WEBHOOK_MESSAGE_PREFIX = "echoforge:webhooks:message:"
+# Sorted set of webhook ids waiting for their next attempt, scored by when it is due.
+WEBHOOK_RETRIES_KEY = "echoforge:webhooks:retries"
+# A job's delivery attempts (a list of JSON objects, oldest first): echoforge:webhooks:attempts:<job_id>.
+WEBHOOK_ATTEMPTS_PREFIX = "echoforge:webhooks:attempts:"
+# At most one progress webhook per this many seconds per job (ECHOFORGE_WEBHOOK_PROGRESS_INTERVAL_S).
+WEBHOOK_PROGRESS_INTERVAL_S = 10.0
 # How long a finished job record (and its idempotency key) stays readable.
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
@@ -94,6 +111,14 @@ def voice_key(voice_id: str) -> str:
 
 def tenant_webhook_secret_key(tenant: str) -> str:
     return f"{TENANT_PREFIX}{tenant}:webhook-secret"
+
+
+def webhook_message_key(webhook_id: str) -> str:
+    return WEBHOOK_MESSAGE_PREFIX + webhook_id
+
+
+def webhook_attempts_key(job_id: str) -> str:
+    return WEBHOOK_ATTEMPTS_PREFIX + job_id
 
 
 def api_key_key(key_id: str) -> str:

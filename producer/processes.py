@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["celery_command", "free_port", "redis_server_binary", "start", "stop", "wait_for_port"]
+from producer import keys
+
+__all__ = ["celery_command", "free_port", "redis_server_binary", "start", "stop", "wait_for_port",
+           "webhook_worker_command"]
+
+WEBHOOK_APP = "producer.webhooks.app"
 
 
 def free_port() -> int:
@@ -64,5 +69,12 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
         process.wait()
 
 
-def celery_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.app", *args]
+def celery_command(*args: str, app: str = "worker.app") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *args]
+
+
+def webhook_worker_command(*args: str, concurrency: int = 16) -> list[str]:
+    """The webhook worker: its own queue, the threads pool (deliveries wait on the network, and the relay and metrics
+    live in the same process)."""
+    return celery_command("worker", "--queues", keys.WEBHOOK_QUEUE, "--pool", "threads", "--concurrency",
+                          str(concurrency), *args, app=WEBHOOK_APP)

@@ -8,6 +8,7 @@ import math
 import re
 import unicodedata
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from producer.errors import InvalidRequestError
+from producer.states import DEFAULT_WEBHOOK_EVENTS, WebhookEvent
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_TOP_K",
     "MAX_PAYLOAD_BYTES",
     "MAX_TEXT_CHARS",
+    "MAX_WEBHOOK_URL_CHARS",
     "NarrationRequest",
     "normalize_text",
 ]
@@ -41,6 +44,7 @@ MAX_SPEAKER_ID = 99
 MAX_TOP_K = 2048  # the size of one CSM audio codebook
 MAX_QUEUE_TTL_S = 7 * 24 * 3600
 MAX_VOICE_TEXT_CHARS = 1000
+MAX_WEBHOOK_URL_CHARS = 2048
 DEFAULT_SPEAKER_ID = 1
 DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_K = 50
@@ -79,6 +83,10 @@ class NarrationRequest(BaseModel):
                                                   description="a reference recording stored by the client")
     voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
                                          description="what the reference recording says")
+    webhook_url: StrictStr | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS,
+                                          description="http(s) URL that gets a signed POST for each event asked for")
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+                                               description="the events to send; progress only when asked for")
 
     @field_validator("text")
     @classmethod
@@ -94,6 +102,20 @@ class NarrationRequest(BaseModel):
     @classmethod
     def _normalize_voice_text(cls, value: str | None) -> str | None:
         return None if value is None else normalize_text(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_webhook_url_form(value)
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _distinct_events(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        if not value:
+            raise ValueError("name at least one event (or leave webhook_events out for the default ones)")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _voice_pair(self, info: ValidationInfo) -> NarrationRequest:
@@ -145,6 +167,21 @@ class NarrationRequest(BaseModel):
         kept = self.model_dump(exclude={"text"})
         kept.update(text_chars=len(self.text), text_sha256=self.text_sha256())
         return kept
+
+
+def _check_webhook_url_form(url: str) -> None:
+    """An absolute http(s) URL with a host and no credentials (the record shows the URL; the signature is the
+    receiver's proof of origin). Where its host points is checked at the edge and at delivery, not here."""
+    if url != url.strip() or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ValueError("must not contain whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (receivers check the webhook-signature header instead)")
+    _ = parts.port  # raises ValueError for a port out of range
 
 
 def _fields(error: ValidationError) -> list[tuple[str, str]]:

@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     # The largest POST /v1/voices body (the recording and its form fields) taken; a larger one is refused (413).
     max_voice_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 
+    # Webhooks (producer/webhooks/). URLs whose host resolves to a loopback, private, link-local, reserved,
+    # multicast or metadata address are refused (at submit and at each delivery) unless this is on.
+    webhook_allow_private: bool = False
+    # The retry schedule's unit: attempts follow after 1, 6, 24, 120, 360, 720, 1440, 2880, 7200, 7200 times it
+    # (5 s: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 10 h, 10 h; 27.7 h in all).
+    webhook_retry_base_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    # At most one progress webhook per job in this many seconds (applied by the worker recording progress).
+    webhook_progress_interval_s: float = Field(default=keys.WEBHOOK_PROGRESS_INTERVAL_S, ge=0.0)
+    # How long one delivery attempt may take (connect, send, the receiver's answer).
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage_url(cls, value: str) -> str:

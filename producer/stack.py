@@ -1,4 +1,5 @@
-"""`echoforge up`: the whole stack on embedded defaults — Redis, local storage, one worker, Flower, a demo job."""
+"""`echoforge up`: the whole stack on embedded defaults — Redis, local storage, one worker, the webhook worker,
+Flower, the API, a demo job."""
 
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def run_stack(args: argparse.Namespace) -> int:
         stack.start_celery("worker", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
                            "--hostname", "embedded@%h", "--queues", settings.queue)
         print(f"worker     started (log {stack.log('worker')})")
+        stack.start_process("webhooks", processes.webhook_worker_command("--loglevel", "INFO",
+                                                                         "--hostname", "webhooks@%h"))
+        print(f"webhooks   started (log {stack.log('webhooks')})")
         flower_url = _start_flower(stack, args.flower_port)
         print(f"flower     {flower_url}")
         api_url = _start_api(stack, args.api_port)

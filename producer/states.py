@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal, get_args
 
 from producer.errors import ErrorCode
 
-__all__ = ["TRANSITIONS", "Deadline", "JobState", "Transition"]
+__all__ = ["DEFAULT_WEBHOOK_EVENTS", "TRANSITIONS", "WEBHOOK_EVENTS", "Deadline", "JobState", "Transition",
+           "WebhookEvent"]
+
+# What a webhook can announce (the payload's type is `narration.<event>`); a job asks for some of them.
+WebhookEvent = Literal["started", "progress", "succeeded", "failed", "canceled", "expired"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = get_args(WebhookEvent)
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("started", "succeeded", "failed", "canceled", "expired")
 
 
 class JobState(str, Enum):
@@ -44,6 +51,7 @@ class Transition:
     releases_idempotency_key: bool = False  # a retry with the same key may create the job again
     retry: bool = False  # the earlier end goes to `history`, the record stops expiring (requeue script)
     refuses_error: ErrorCode | None = None  # a job that failed with this code cannot take this step
+    webhook_event: WebhookEvent | None = None  # written to the webhook outbox in the same step, when the job asks
 
     def allows(self, state: JobState) -> bool:
         return state in self.sources
@@ -57,16 +65,17 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = JobState
 
 # Every way a job's state may change. A terminal state changes only by `retry`.
 # running -> running is a redelivery: the same job started again after its worker died.
-START = _step("start", {QUEUED, RUNNING}, RUNNING, counts_attempt=True, deadline=Deadline.NOT_PASSED)
-PROGRESS = _step("progress", {RUNNING}, RUNNING)
+START = _step("start", {QUEUED, RUNNING}, RUNNING, counts_attempt=True, deadline=Deadline.NOT_PASSED,
+              webhook_event="started")
+PROGRESS = _step("progress", {RUNNING}, RUNNING, webhook_event="progress")  # throttled (webhook_progress_interval_s)
 REQUEST_CANCEL = _step("request_cancel", {RUNNING}, RUNNING)  # a running job stops at its next check
-SUCCEED = _step("succeed", {RUNNING}, SUCCEEDED)
-FAIL = _step("fail", {QUEUED, RUNNING}, FAILED)
-FAIL_TO_ENQUEUE = _step("fail_to_enqueue", {QUEUED}, FAILED, releases_idempotency_key=True)
-DEAD_LETTER = _step("dead_letter", {RUNNING}, FAILED, dead_letters=True)
-CANCEL = _step("cancel", {QUEUED}, CANCELED)
-FINISH_CANCEL = _step("finish_cancel", {RUNNING}, CANCELED)
-EXPIRE = _step("expire", {QUEUED}, EXPIRED, deadline=Deadline.PASSED)
+SUCCEED = _step("succeed", {RUNNING}, SUCCEEDED, webhook_event="succeeded")
+FAIL = _step("fail", {QUEUED, RUNNING}, FAILED, webhook_event="failed")
+FAIL_TO_ENQUEUE = _step("fail_to_enqueue", {QUEUED}, FAILED, releases_idempotency_key=True, webhook_event="failed")
+DEAD_LETTER = _step("dead_letter", {RUNNING}, FAILED, dead_letters=True, webhook_event="failed")
+CANCEL = _step("cancel", {QUEUED}, CANCELED, webhook_event="canceled")
+FINISH_CANCEL = _step("finish_cancel", {RUNNING}, CANCELED, webhook_event="canceled")
+EXPIRE = _step("expire", {QUEUED}, EXPIRED, deadline=Deadline.PASSED, webhook_event="expired")
 RETRY = _step("retry", {FAILED, EXPIRED}, QUEUED, retry=True, refuses_error=ErrorCode.INVALID_REQUEST)
 
 TRANSITIONS: tuple[Transition, ...] = (START, PROGRESS, REQUEST_CANCEL, SUCCEED, FAIL, FAIL_TO_ENQUEUE, DEAD_LETTER,

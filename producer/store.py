@@ -58,9 +58,11 @@ class _Overdue(Exception):
 class JobStore:
     """Reads and writes job records. Methods that change state return the new Job, or None when refused."""
 
-    def __init__(self, client: redis.Redis, finished_ttl_s: int = keys.FINISHED_JOB_TTL_S) -> None:
+    def __init__(self, client: redis.Redis, finished_ttl_s: int = keys.FINISHED_JOB_TTL_S,
+                 webhook_progress_interval_s: float = keys.WEBHOOK_PROGRESS_INTERVAL_S) -> None:
         self.redis = client
         self.finished_ttl_s = finished_ttl_s
+        self.webhook_progress_interval_s = webhook_progress_interval_s
         self._create = client.register_script(_script("create"))
         self._transition = client.register_script(_script("transition"))
         self._retry = client.register_script(_script("retry"))
@@ -69,7 +71,8 @@ class JobStore:
     @classmethod
     def from_settings(cls, settings: Settings, retry_s: float | None = None,
                       timeout_s: float | None = None) -> JobStore:
-        return cls(connect_redis(settings, retry_s, timeout_s), settings.finished_job_ttl_s)
+        return cls(connect_redis(settings, retry_s, timeout_s), settings.finished_job_ttl_s,
+                   settings.webhook_progress_interval_s)
 
     def close(self) -> None:
         self.redis.close()
@@ -99,6 +102,8 @@ class JobStore:
             fields["expires_at"] = repr(now + request.queue_ttl_s)
         if idem:
             fields["idempotency_redis_key"] = idem
+        if request.webhook_url:  # read by the transition script, which writes the events asked for to the outbox
+            fields.update(webhook_url=request.webhook_url, webhook_events=",".join(request.webhook_events))
         flat = [item for pair in fields.items() for item in pair]
         created, found = self._create(
             keys=[keys.job_key(job_id), keys.JOB_INDEX_KEY, idem, keys.UNSENT_JOBS_KEY,
@@ -140,10 +145,11 @@ class JobStore:
         ttl = self.finished_ttl_s if transition.target.is_terminal else 0
         status, record = self._transition(
             keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY, keys.DEAD_LETTER_KEY,
-                  *self._side_keys(job_id)],
+                  *self._side_keys(job_id), keys.WEBHOOK_OUTBOX_KEY],
             args=[transition.target.value, _csv(transition.sources), ttl, _flag(transition.counts_attempt),
                   transition.deadline.value, repr(now), _flag(transition.dead_letters),
-                  _flag(transition.releases_idempotency_key), job_id, *flat])
+                  _flag(transition.releases_idempotency_key), job_id, transition.webhook_event or "",
+                  repr(self.webhook_progress_interval_s), *flat])
         return self._outcome(job_id, _text(status), record)
 
     def _apply_retry(self, transition: Transition, job_id: str) -> Job | None:

@@ -86,6 +86,21 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
 
 
 @pytest.fixture
+def start_webhook_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
+    """Start real webhook workers (producer.webhooks.app); all are stopped when the test ends."""
+    started: list[services.Worker] = []
+
+    def start(settings: Settings, **kwargs: object) -> services.Worker:
+        worker = services.start_webhook_worker(settings, tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
 def start_api(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start real `echoforge serve` processes; returns each one's base URL; all are stopped when the test ends."""
     started = []

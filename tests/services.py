@@ -1,4 +1,5 @@
-"""Real service processes for the tests: redis-server, moto's S3 server, Celery workers, Flower."""
+"""Real service processes for the tests: redis-server, moto's S3 server, Celery workers (narration and webhook),
+Flower."""
 
 from __future__ import annotations
 
@@ -112,13 +113,27 @@ def start_worker(settings: Settings, log_dir: Path, name: str | None = None,
     args = processes.celery_command("worker", "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "INFO",
                                     "--hostname", f"{name}@%h", "--queues", settings.queue,
                                     "--without-mingle", "--without-gossip")
-    proc = processes.start(args, log_path, env)
-    worker = Worker(name, proc, log_path)
+    return _until_ready(Worker(name, processes.start(args, log_path, env), log_path), timeout)
+
+
+def start_webhook_worker(settings: Settings, log_dir: Path, name: str | None = None,
+                         extra_env: dict[str, str] | None = None, timeout: float = 60) -> Worker:
+    """A real webhook worker (`celery -A producer.webhooks.app worker -Q echoforge.webhooks --pool threads`: the
+    deliver task, the relay, the metrics), returned once it is ready."""
+    name = name or f"hooks{uuid.uuid4().hex[:6]}"
+    env = {**settings_env(settings), **(extra_env or {})}
+    log_path = log_dir / f"webhooks-{name}.log"
+    args = processes.webhook_worker_command("--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-mingle",
+                                            "--without-gossip")
+    return _until_ready(Worker(name, processes.start(args, log_path, env), log_path), timeout)
+
+
+def _until_ready(worker: Worker, timeout: float) -> Worker:
     deadline = time.monotonic() + timeout
-    while "ready." not in (log_path.read_text(errors="replace") if log_path.exists() else ""):
-        if proc.poll() is not None or time.monotonic() > deadline:
+    while "ready." not in (worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""):
+        if worker.process.poll() is not None or time.monotonic() > deadline:
             worker.stop()
-            raise RuntimeError(f"worker {name} did not start:\n{worker.log()[-3000:]}")
+            raise RuntimeError(f"worker {worker.name} did not start:\n{worker.log()[-3000:]}")
         time.sleep(0.1)
     return worker
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations, voices
+from producer.api import narrations, voices, webhooks
 from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
@@ -23,6 +23,7 @@ from producer.errors import EchoForgeError, ErrorCode, RefusedForNowError
 from producer.quotas import Quotas
 from producer.settings import Settings
 from producer.storage import open_storage
+from producer.webhooks.store import WebhookStore
 
 __all__ = ["create_app", "create_app_from_environment"]
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.client = NarrationClient(settings)
         app.state.api_keys = ApiKeyStore(app.state.client.jobs.redis)
         app.state.quotas = Quotas(app.state.client.jobs, settings)
+        app.state.webhooks = WebhookStore(app.state.client.jobs.redis)
         app.state.storage = open_storage(settings)
         app.state.async_redis = aioredis.Redis.from_url(settings.redis_url)
         yield
@@ -51,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.include_router(narrations.router)
     app.include_router(voices.router)
+    app.include_router(webhooks.router)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RefusedForNowError, _refused_for_now)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)

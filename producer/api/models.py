@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from producer.states import JobState
 
-__all__ = ["JobList", "JobOut", "VoiceList", "VoiceOut"]
+__all__ = ["JobList", "JobOut", "VoiceList", "VoiceOut", "WebhookAttempt", "WebhookAttemptList"]
 
 
 class JobOut(BaseModel):
@@ -50,3 +50,20 @@ class VoiceOut(BaseModel):
 class VoiceList(BaseModel):
     data: list[VoiceOut]
     next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next (older) page")
+
+
+class WebhookAttempt(BaseModel):
+    """One attempt to deliver one of a job's webhooks."""
+
+    webhook_id: str = Field(description="the `webhook-id` header: the same on every attempt of one event")
+    event: str = Field(description="started, progress, succeeded, failed, canceled or expired")
+    attempt: int = Field(description="1 for the first attempt")
+    at: str = Field(description="when the attempt started")
+    outcome: str = Field(description="delivered, failed_will_retry, gave_up or refused_private")
+    status_code: int | None = Field(default=None, description="the receiver's HTTP status, when it answered")
+    error: str | None = Field(default=None, description="why it failed")
+    next_attempt_at: str | None = Field(default=None, description="when the next attempt is due, if any")
+
+
+class WebhookAttemptList(BaseModel):
+    data: list[WebhookAttempt]

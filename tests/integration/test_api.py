@@ -111,7 +111,8 @@ def test_a_tenant_never_sees_another_tenants_jobs(api: httpx.Client, settings: S
     theirs = api.post("/v1/narrations", json={"text": TEXT}, headers={**bob, "Idempotency-Key": "same"}).json()
     assert theirs["id"] != job["id"], "idempotency keys are per tenant"
     for method, path in [("GET", ""), ("POST", "/cancel"), ("POST", "/retry"), ("GET", "/audio"),
-                         ("GET", "/captions.srt"), ("GET", "/manifest"), ("GET", "/events")]:
+                         ("GET", "/captions.srt"), ("GET", "/manifest"), ("GET", "/events"),
+                         ("GET", "/webhook-deliveries")]:
         response = api.request(method, f"/v1/narrations/{job['id']}{path}", headers=bob)
         assert response.status_code == 404 and response.json()["code"] == "not_found", (method, path)
     assert [j["id"] for j in api.get("/v1/narrations", headers=bob).json()["data"]] == [theirs["id"]]
@@ -191,7 +192,8 @@ def test_openapi_documents_every_path_and_its_problems(api: httpx.Client) -> Non
     for path in ["/v1/narrations", "/v1/narrations/{job_id}", "/v1/narrations/{job_id}/cancel",
                  "/v1/narrations/{job_id}/retry", "/v1/narrations/{job_id}/audio", "/v1/narrations/{job_id}/events",
                  "/v1/narrations/{job_id}/captions.srt", "/v1/narrations/{job_id}/captions.vtt",
-                 "/v1/narrations/{job_id}/manifest", "/healthz", "/readyz"]:
+                 "/v1/narrations/{job_id}/manifest", "/v1/narrations/{job_id}/webhook-deliveries", "/healthz",
+                 "/readyz"]:
         assert path in paths, path
     post = paths["/v1/narrations"]["post"]
     assert "text" in post["requestBody"]["content"]["application/json"]["schema"]["properties"]

@@ -50,6 +50,10 @@ BAD_FIELDS: list[tuple[dict[str, object], str]] = [
     ({"text": "ok", "idempotency_key": "../../etc"}, "idempotency_key"),
     ({"text": "ok", "queue_ttl_s": 0}, "queue_ttl_s"),
     ({"text": "ok", "voice": "x"}, "voice"),
+    ({"text": "ok", "webhook_url": "ftp://hooks.example.com/x"}, "webhook_url"),
+    ({"text": "ok", "webhook_url": "https://user:pass@hooks.example.com/x"}, "webhook_url"),
+    ({"text": "ok", "webhook_url": "https://hooks.example.com/" + "x" * 2048}, "webhook_url"),
+    ({"text": "ok", "webhook_url": "https://hooks.example.com/x", "webhook_events": ["done"]}, "webhook_events"),
 ]
 
 
@@ -78,9 +82,11 @@ def test_request_is_frozen_and_without_text_keeps_a_hash() -> None:
 
 
 _FIELDS = ["text", "speaker_id", "temperature", "top_k", "output_format", "idempotency_key", "priority",
-           "queue_ttl_s", "voice_prompt_sha256", "voice_text", "voice", "extra"]
+           "queue_ttl_s", "voice_prompt_sha256", "voice_text", "voice", "extra", "webhook_url", "webhook_events"]
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=60), st.sampled_from(["Hello there.", "wav", "flac", "key-1", "0" * 64]),
+                    st.text(max_size=60), st.sampled_from(["Hello there.", "wav", "flac", "key-1", "0" * 64, "https://hooks.example.com/x",
+                                    "http://[::1", "http://h:99999/"]),
+                    st.lists(st.sampled_from(["started", "progress", "done"]), max_size=3),
                     st.lists(st.integers(), max_size=3))
 
 
