@@ -71,45 +71,24 @@ def client(settings: Settings) -> Iterator[NarrationClient]:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
-    """Start real worker processes; all are stopped when the test ends."""
-    started: list[services.Worker] = []
-
-    def start(settings: Settings, **kwargs: object) -> services.Worker:
-        worker = services.start_worker(settings, tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+def started(tmp_path: Path) -> Iterator[services.Started]:
+    """The service processes a test starts (workers, webhook workers, API servers); all stopped when it ends."""
+    processes_started = services.Started(tmp_path)
+    yield processes_started
+    processes_started.stop_all()
 
 
 @pytest.fixture
-def start_webhook_worker(tmp_path: Path) -> Iterator[Callable[..., services.Worker]]:
-    """Start real webhook workers (producer.webhooks.app); all are stopped when the test ends."""
-    started: list[services.Worker] = []
-
-    def start(settings: Settings, **kwargs: object) -> services.Worker:
-        worker = services.start_webhook_worker(settings, tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
+def start_worker(started: services.Started) -> Callable[..., services.Worker]:
+    return started.worker
 
 
 @pytest.fixture
-def start_api(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start real `echoforge serve` processes; returns each one's base URL; all are stopped when the test ends."""
-    started = []
+def start_webhook_worker(started: services.Started) -> Callable[..., services.Worker]:
+    return started.webhook_worker
 
-    def start(settings: Settings, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> str:
-        proc, url = services.start_api(settings, tmp_path, extra_env, args)
-        started.append(proc)
-        return url
 
-    yield start
-    for proc in started:
-        processes.stop(proc, grace_s=10)
+@pytest.fixture
+def start_api(started: services.Started) -> Callable[..., str]:
+    """Start a real `echoforge serve`; returns its base URL."""
+    return started.api

@@ -9,10 +9,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -171,3 +172,30 @@ def start_api(settings: Settings, log_dir: Path, extra_env: dict[str, str] | Non
                            env)
     processes.wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"
+
+
+class Started:
+    """Service processes started for one test, stopped together (last started, first stopped)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._stops: list[Callable[[], None]] = []
+
+    def worker(self, settings: Settings, **kwargs: Any) -> Worker:
+        worker = start_worker(settings, self.log_dir, **kwargs)
+        self._stops.append(worker.stop)
+        return worker
+
+    def webhook_worker(self, settings: Settings, **kwargs: Any) -> Worker:
+        worker = start_webhook_worker(settings, self.log_dir, **kwargs)
+        self._stops.append(worker.stop)
+        return worker
+
+    def api(self, settings: Settings, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> str:
+        proc, url = start_api(settings, self.log_dir, extra_env, args)
+        self._stops.append(lambda: processes.stop(proc, grace_s=10))
+        return url
+
+    def stop_all(self) -> None:
+        for stop in reversed(self._stops):
+            stop()
