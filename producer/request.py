@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -81,6 +82,8 @@ class NarrationRequest(BaseModel):
     queue_ttl_s: StrictInt | None = Field(default=None, ge=1, le=MAX_QUEUE_TTL_S)
     voice_prompt_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                                   description="a reference recording stored by the client")
+    stream_chunks: StrictBool = Field(default=False, description="store every chunk as soon as it is made, even a "
+                                      "job's only one, so the API can stream it (set by /v1/audio/speech)")
     voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
                                          description="what the reference recording says")
     webhook_url: StrictStr | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS,

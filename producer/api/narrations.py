@@ -89,7 +89,7 @@ async def submit(request: Request, key: Writer,
         await _resolve_voice(request, fields, key.tenant)
     parsed = NarrationRequest.parse(fields)
     client = _client(request)
-    job = await run_in_threadpool(_submit_within_quotas, request, parsed, key.tenant)
+    job = await run_in_threadpool(submit_within_quotas, request, parsed, key.tenant)
     wait_s = _prefer_wait(prefer, request.app.state.settings.max_prefer_wait_s)
     headers = {"Location": f"/v1/narrations/{job.id}"}
     if wait_s:
@@ -99,7 +99,7 @@ async def submit(request: Request, key: Writer,
     return JSONResponse(_public(job), status_code=status, headers=headers)
 
 
-def _submit_within_quotas(request: Request, parsed: NarrationRequest, tenant: str) -> Job:
+def submit_within_quotas(request: Request, parsed: NarrationRequest, tenant: str) -> Job:
     """Submit for `tenant` unless the queue is too deep, within its characters per day and jobs queued at once.
     The characters are charged just before the job is created, and given back when no job was created: refused, not
     enqueued, or an idempotency key used before (its job was charged when it was created)."""

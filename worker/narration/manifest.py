@@ -35,7 +35,8 @@ class Manifest:
              model: dict[str, Any], settings: dict[str, Any], chunks_total: int) -> Manifest:
         """The stored manifest when it belongs to this text and model (a resumed job), else a fresh one."""
         fresh = {"job_id": job_id, "text_sha256": request.text_sha256(), "text_chars": len(request.text),
-                 "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time()}
+                 "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time(),
+                 "streamed": request.stream_chunks}
         manifest = cls(storage, job_id, fresh)
         raw = storage.get_bytes(manifest.key)
         if raw:
@@ -50,8 +51,9 @@ class Manifest:
 
     @property
     def persist_chunks(self) -> bool:
-        """Chunks are stored as they finish only when there is something to resume: more than one chunk."""
-        return int(self.data["chunks_total"]) > 1
+        """Chunks are stored as they finish when there is something to resume (more than one chunk), or when the job
+        is streamed chunk by chunk (the API reads them)."""
+        return int(self.data["chunks_total"]) > 1 or bool(self.data.get("streamed"))
 
     def record(self, entry: dict[str, Any]) -> None:
         self.chunks[entry["index"]] = entry

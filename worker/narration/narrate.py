@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from producer.errors import StorageError
+from producer.mastering import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS
 from producer.request import NarrationRequest
 from producer.storage import Storage
 from producer.voice import voice_prompt_key
 from worker.models import SpeechModel
-from worker.narration.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
+from worker.narration.audio import decode_wav
 from worker.narration.delivery import deliver
 from worker.narration.manifest import Manifest
 from worker.narration.stitch import stitch

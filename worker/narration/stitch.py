@@ -5,9 +5,8 @@ from __future__ import annotations
 from itertools import chain
 from pathlib import Path
 
-import numpy as np
-
-from worker.narration.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, decode_wav, finish_chunk
+from producer.mastering import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, finish_chunk, pause_after
+from worker.narration.audio import decode_wav
 from worker.narration.manifest import Manifest
 
 __all__ = ["stitch"]
@@ -27,9 +26,9 @@ def stitch(manifest: Manifest, spool: Path, target: Path, fmt: str) -> float:
             entry["start_s"], entry["end_s"] = position / sample_rate, (position + len(audio)) / sample_rate
             position += len(audio)
             if i < len(entries) - 1:
-                pause = int((PARAGRAPH_PAUSE_S if entry["paragraph_end"] else SENTENCE_PAUSE_S) * sample_rate)
-                out.write(np.zeros(pause, dtype=np.float32))
-                position += pause
+                pause = pause_after(entry["paragraph_end"], sample_rate)
+                out.write(pause)
+                position += len(pause)
     manifest.data.update(duration_s=position / sample_rate, sample_rate=sample_rate,
                          pauses_s={"sentence": SENTENCE_PAUSE_S, "paragraph": PARAGRAPH_PAUSE_S})
     return position / sample_rate
