@@ -1,4 +1,4 @@
-"""Audio for delivery: per-chunk QA, loudness, seams, and encoding (soundfile)."""
+"""Audio for delivery: per-chunk QA, loudness, seams, and each chunk's stored WAV (soundfile)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import numpy as np
 from worker.models.silence import SILENCE_DB, window_rms
 
 __all__ = [
-    "CONTENT_TYPES",
     "PARAGRAPH_PAUSE_S",
     "SENTENCE_PAUSE_S",
     "TARGET_LUFS",
@@ -23,7 +22,6 @@ __all__ = [
     "wav_bytes",
 ]
 
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 SENTENCE_PAUSE_S = 0.25  # between chunks of one paragraph
 PARAGRAPH_PAUSE_S = 0.7  # after a paragraph
 TARGET_LUFS = -20.0  # within audiobook norms (ACX asks for -18 to -23 dB RMS)
