@@ -19,6 +19,7 @@ from producer.api.models import JobList, JobOut
 from producer.api.problems import error_responses
 from producer.api.voices import voice_store
 from producer.api_keys import ApiKey
+from producer.audio_formats import FORMATS, audio_format
 from producer.client import NarrationClient
 from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError, RefusedForNowError
 from producer.job import Job
@@ -168,7 +169,8 @@ _FILES = error_responses(*_COMMON, ErrorCode.NOT_FOUND, ErrorCode.NOT_READY, Err
 
 @router.get("/{job_id}/audio", response_class=Response, responses={
     307: {"description": "a short-lived presigned URL of the audio (S3)"},
-    200: {"description": "the audio (local storage)", "content": {"audio/wav": {}, "audio/flac": {}}}, **_FILES})
+    200: {"description": "the audio (local storage)",
+          "content": {t: {} for t in dict.fromkeys(f.content_type for f in FORMATS.values())}}, **_FILES})
 def audio(job_id: str, request: Request, key: Reader) -> Response:
     job = _finished(request, job_id, key)
     assert job.result is not None
@@ -176,8 +178,9 @@ def audio(job_id: str, request: Request, key: Reader) -> Response:
     url = storage.presigned_url(object_key, request.app.state.settings.presigned_url_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    return FileResponse(storage.local_path(object_key), media_type=f"audio/{job.result['format']}",
-                        filename=f"{job_id}.{job.result['format']}")
+    spec = audio_format(job.result["format"])
+    return FileResponse(storage.local_path(object_key), media_type=spec.content_type,
+                        filename=f"{job_id}.{spec.extension}")
 
 
 def _object(request: Request, job: Job, object_key: str, media_type: str) -> Response:

@@ -12,14 +12,12 @@ import numpy as np
 from worker.models.silence import SILENCE_DB, window_rms
 
 __all__ = [
-    "CONTENT_TYPES",
     "chunk_qa",
     "decode_wav",
     "file_sha256",
     "wav_bytes",
 ]
 
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 # QA bounds: speech outside these is truncated, garbled or runaway.
 MAX_SILENCE_RATIO = 0.6
 MAX_CLIPPED_RATIO = 0.001
