@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -87,10 +88,11 @@ def _voice_fields(voice: Any, tenant: str, voices: VoiceStore) -> dict[str, Any]
     if isinstance(voice, dict) and isinstance(voice.get("id"), str):
         stored = voices.get(voice["id"], tenant)  # another tenant's voice: JobNotFoundError (404)
     elif isinstance(voice, str):
-        stored = next((v for v in voices.list(tenant, limit=200) if v.name == voice), None)
-        if stored is None:
+        named = next((v for v in voices.list(tenant, limit=200) if v.name == voice), None)
+        if named is None:
             raise _refuse("voice", f"unknown voice {voice!r}; use one of {', '.join(OPENAI_VOICES)} or a stored "
                                    "voice's name or {\"id\": …}")
+        stored = named
     else:
         raise _refuse("voice", "a voice name or {\"id\": voice id}")
     return {"voice_prompt_sha256": stored.sha256, "voice_text": stored.transcript}
@@ -152,8 +154,9 @@ async def _then(first: bytes, chunks: AsyncIterator[bytes], state: Any, job_id: 
 
 
 async def _cancel_unless_kept(state: Any, job_id: str, keep: bool) -> None:
+    """Cancel the job; shielded, since this runs while the response's task is being cancelled (client gone)."""
     if not keep:
-        with contextlib.suppress(JobNotFoundError):
+        with anyio.CancelScope(shield=True), contextlib.suppress(JobNotFoundError):
             await run_in_threadpool(state.client.cancel, job_id)
 
 

@@ -29,8 +29,8 @@ class JobEndedError(EchoForgeError):
     def __init__(self, job: Job) -> None:
         error = job.error or {}
         super().__init__(f"job {job.id} ended {job.state.value}: {error.get('message', '')}".rstrip(": "))
-        self.code = ErrorCode(error["code"]) if error.get("code") in ErrorCode._value2member_map_ \
-            else ErrorCode.INTERNAL_ERROR  # type: ignore[misc]
+        known = error.get("code") in ErrorCode._value2member_map_
+        self.code = ErrorCode(error["code"]) if known else ErrorCode.INTERNAL_ERROR  # type: ignore[misc]
 
 
 class _Pending:
