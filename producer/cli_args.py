@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from producer.api_keys import SCOPES
+from producer.audio_formats import FORMATS
 from producer.request import DEFAULT_PRIORITY, DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_TOP_K
 from producer.states import JobState
 
@@ -19,7 +20,7 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float,
                    help=f"sampling temperature, > 0 and <= 2 (default {DEFAULT_TEMPERATURE})")
     p.add_argument("--top-k", dest="top_k", type=int, help=f"top-k sampling, 1..{MAX_TOP_K} (default {DEFAULT_TOP_K})")
-    p.add_argument("--format", choices=["wav", "flac"], help="output format (default wav)")
+    p.add_argument("--format", choices=list(FORMATS), help="output format (default wav)")
     p.add_argument("--priority", type=int, help=f"0 (lowest) .. 9 (most urgent), default {DEFAULT_PRIORITY}")
     p.add_argument("--idempotency-key", dest="idempotency_key", help="the same key returns the same job")
     p.add_argument("--queue-ttl", dest="queue_ttl", type=int, help="seconds the job may wait before it expires")

@@ -63,7 +63,7 @@ WEBHOOK_PROGRESS_INTERVAL_S = 10.0
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # Priority steps of the Redis transport: each step is its own list (queue, queue\x06\x163, ...).
 PRIORITY_STEPS = (0, 3, 6, 9)
-# Storage object names below <prefix>/<job_id>/ (the narration is narration.<format>).
+# Storage object names below <prefix>/<job_id>/ (the narration is narration.<extension>, producer/audio_formats.py).
 NARRATION_OBJECT = "narration"
 MANIFEST_OBJECT = "manifest.json"
 CHUNK_OBJECT = "chunks/{index:05d}.wav"

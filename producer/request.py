@@ -7,13 +7,14 @@ import json
 import math
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from producer.audio_formats import FormatName
 from producer.errors import InvalidRequestError
 from producer.states import DEFAULT_WEBHOOK_EVENTS, WebhookEvent
 
@@ -75,12 +77,15 @@ class NarrationRequest(BaseModel):
     speaker_id: StrictInt = Field(default=DEFAULT_SPEAKER_ID, ge=0, le=MAX_SPEAKER_ID)
     temperature: StrictFloat | StrictInt = Field(default=DEFAULT_TEMPERATURE, gt=0.0, le=2.0)
     top_k: StrictInt = Field(default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K)
-    output_format: Literal["wav", "flac"] = "wav"
+    output_format: FormatName = Field(default="wav", description="wav, flac, mp3, opus (Ogg), aac (ADTS), m4a or "
+                                      "pcm (raw 16-bit little-endian, 24 kHz mono)")
     idempotency_key: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     priority: StrictInt = Field(default=DEFAULT_PRIORITY, ge=0, le=9, description="0 lowest, 9 most urgent")
     queue_ttl_s: StrictInt | None = Field(default=None, ge=1, le=MAX_QUEUE_TTL_S)
     voice_prompt_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                                   description="a reference recording stored by the client")
+    stream_chunks: StrictBool = Field(default=False, description="store every chunk as soon as it is made, even a "
+                                      "job's only one, so the API can stream it (set by /v1/audio/speech)")
     voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
                                          description="what the reference recording says")
     webhook_url: StrictStr | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS,

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     allow_placeholder: bool = True
     placeholder_rtf: float = Field(default=0.0, ge=0.0)
     max_chunk_chars: int = Field(default=300, ge=40, le=400)
+    # The first chunk of a job is at most this long (its first sentence or clauses), so its first audio comes soon;
+    # 0: off (the first chunk is as long as any other).
+    first_chunk_chars: int = Field(default=100, ge=0, le=400)
     # Texts generated together: a job's chunks after its voice anchor and, in a worker running several jobs at once
     # (`--pool threads --concurrency N`), other jobs' chunks; see bench/generation.py and bench/crossjob.py.
     batch_size: int = Field(default=32, ge=1, le=256)
@@ -94,6 +97,13 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme
         if scheme not in ("s3", "file"):
             raise ValueError("ECHOFORGE_STORAGE_URL must be s3://bucket/prefix or file:///path")
+        return value
+
+    @field_validator("first_chunk_chars")
+    @classmethod
+    def _check_first_chunk_chars(cls, value: int) -> int:
+        if 0 < value < 20:
+            raise ValueError("ECHOFORGE_FIRST_CHUNK_CHARS must be 0 (off) or 20-400")
         return value
 
     @field_validator("device")

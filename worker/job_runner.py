@@ -54,7 +54,7 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
     log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
     with rt.model.serving_job():
         outcome = narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
-                          report)
+                          report, first_chunk_chars=rt.settings.first_chunk_chars)
     if outcome.verdict == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None

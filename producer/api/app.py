@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations, voices, webhooks
+from producer.api import narrations, openai_speech, voices, webhooks
 from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
 from producer.api_keys import ApiKeyStore
@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(narrations.router)
     app.include_router(voices.router)
     app.include_router(webhooks.router)
+    app.include_router(openai_speech.router)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RefusedForNowError, _refused_for_now)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)

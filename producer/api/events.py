@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from producer import keys
 from producer.job import Job
 
-__all__ = ["job_events"]
+__all__ = ["job_events", "watch_job"]
 
 RECHECK_S = 1.0  # the record is re-read at least this often, in case a notification is missed
 
@@ -21,13 +21,12 @@ async def _record(client: aioredis.Redis, job_id: str) -> Job | None:
     return Job.from_hash({k.decode(): v.decode() for k, v in data.items()}) if data else None
 
 
-async def job_events(client: aioredis.Redis, job_id: str) -> AsyncIterator[dict[str, str]]:
-    """One event per change of the job, the current record first: `state` when its state changed, else `progress`,
-    the data the public job record; the last event is its terminal state."""
+async def watch_job(client: aioredis.Redis, job_id: str) -> AsyncIterator[Job]:
+    """The job's record at every change (state, chunks done, phase, a cancel asked for), the current one first;
+    the last is its terminal state. Ends at once if the record is gone."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.job_events_channel(job_id))
     last: tuple[Any, ...] | None = None
-    sequence = 0
     try:
         while True:
             job = await _record(client, job_id)
@@ -35,15 +34,30 @@ async def job_events(client: aioredis.Redis, job_id: str) -> AsyncIterator[dict[
                 return
             seen = (job.state, job.progress.get("chunks_done"), job.progress.get("phase"), job.cancel_requested)
             if seen != last:
-                sequence += 1
-                kind = "state" if last is None or last[0] != job.state else "progress"
-                yield {"event": kind, "id": str(sequence), "data": json.dumps(job.to_public())}
+                yield job
                 last = seen
             if job.state.is_terminal:
                 return
             await _wait_for_message(pubsub)
     finally:
         await pubsub.aclose()
+
+
+async def job_events(client: aioredis.Redis, job_id: str) -> AsyncIterator[dict[str, str]]:
+    """Server-sent events of watch_job: `state` when the state changed, else `progress`; each carries the public
+    job record."""
+    previous = None
+    async for sequence, job in _numbered(watch_job(client, job_id)):
+        kind = "state" if previous is None or previous.state != job.state else "progress"
+        yield {"event": kind, "id": str(sequence), "data": json.dumps(job.to_public())}
+        previous = job
+
+
+async def _numbered(jobs: AsyncIterator[Job]) -> AsyncIterator[tuple[int, Job]]:
+    sequence = 0
+    async for job in jobs:
+        sequence += 1
+        yield sequence, job
 
 
 async def _wait_for_message(pubsub: aioredis.client.PubSub) -> None:

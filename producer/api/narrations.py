@@ -19,6 +19,7 @@ from producer.api.models import JobList, JobOut
 from producer.api.problems import error_responses
 from producer.api.voices import voice_store
 from producer.api_keys import ApiKey
+from producer.audio_formats import FORMATS, audio_format
 from producer.client import NarrationClient
 from producer.errors import ErrorCode, InvalidRequestError, JobNotReadyError, RefusedForNowError
 from producer.job import Job
@@ -89,7 +90,7 @@ async def submit(request: Request, key: Writer,
         await _resolve_voice(request, fields, key.tenant)
     parsed = NarrationRequest.parse(fields)
     client = _client(request)
-    job = await run_in_threadpool(_submit_within_quotas, request, parsed, key.tenant)
+    job = await run_in_threadpool(submit_within_quotas, request, parsed, key.tenant)
     wait_s = _prefer_wait(prefer, request.app.state.settings.max_prefer_wait_s)
     headers = {"Location": f"/v1/narrations/{job.id}"}
     if wait_s:
@@ -99,7 +100,7 @@ async def submit(request: Request, key: Writer,
     return JSONResponse(_public(job), status_code=status, headers=headers)
 
 
-def _submit_within_quotas(request: Request, parsed: NarrationRequest, tenant: str) -> Job:
+def submit_within_quotas(request: Request, parsed: NarrationRequest, tenant: str) -> Job:
     """Submit for `tenant` unless the queue is too deep, within its characters per day and jobs queued at once.
     The characters are charged just before the job is created, and given back when no job was created: refused, not
     enqueued, or an idempotency key used before (its job was charged when it was created)."""
@@ -168,7 +169,8 @@ _FILES = error_responses(*_COMMON, ErrorCode.NOT_FOUND, ErrorCode.NOT_READY, Err
 
 @router.get("/{job_id}/audio", response_class=Response, responses={
     307: {"description": "a short-lived presigned URL of the audio (S3)"},
-    200: {"description": "the audio (local storage)", "content": {"audio/wav": {}, "audio/flac": {}}}, **_FILES})
+    200: {"description": "the audio (local storage)",
+          "content": {t: {} for t in dict.fromkeys(f.content_type for f in FORMATS.values())}}, **_FILES})
 def audio(job_id: str, request: Request, key: Reader) -> Response:
     job = _finished(request, job_id, key)
     assert job.result is not None
@@ -176,8 +178,9 @@ def audio(job_id: str, request: Request, key: Reader) -> Response:
     url = storage.presigned_url(object_key, request.app.state.settings.presigned_url_ttl_s)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    return FileResponse(storage.local_path(object_key), media_type=f"audio/{job.result['format']}",
-                        filename=f"{job_id}.{job.result['format']}")
+    spec = audio_format(job.result["format"])
+    return FileResponse(storage.local_path(object_key), media_type=spec.content_type,
+                        filename=f"{job_id}.{spec.extension}")
 
 
 def _object(request: Request, job: Job, object_key: str, media_type: str) -> Response:

@@ -46,6 +46,15 @@ class ProblemField(BaseModel):
     message: str
 
 
+class OpenAIError(BaseModel):
+    """The same error as OpenAI's APIs spell it, so OpenAI's clients show its message."""
+
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
 class Problem(BaseModel):
     """An error response (`application/problem+json`)."""
 
@@ -56,6 +65,7 @@ class Problem(BaseModel):
     code: ErrorCode
     quota: Quota | None = None
     errors: list[ProblemField] | None = None
+    error: OpenAIError | None = None  # an extension member: the same error, for clients of OpenAI-style APIs
 
 
 def problem(code: ErrorCode, detail: str, status: int | None = None, fields: list[tuple[str, str]] | None = None,
@@ -64,7 +74,9 @@ def problem(code: ErrorCode, detail: str, status: int | None = None, fields: lis
     status = status or HTTP_STATUS.get(code, 500)
     body = Problem(type=f"https://echoforge.dev/problems/{code.value}", title=code.value.replace("_", " "),
                    status=status, detail=detail, code=code, quota=quota,
-                   errors=[ProblemField(field=f, message=m) for f, m in fields] if fields else None)
+                   errors=[ProblemField(field=f, message=m) for f, m in fields] if fields else None,
+                   error=OpenAIError(message=detail, type=code.value, code=code.value,
+                                     param=fields[0][0] if fields else None))
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers,
                         media_type=MEDIA_TYPE)

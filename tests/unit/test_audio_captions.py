@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from producer.mastering import TARGET_LUFS, finish_chunk
 from worker.models import PlaceholderCSMModel
 from worker.models.silence import trim_trailing_silence
-from worker.narration.audio import TARGET_LUFS, chunk_qa, finish_chunk
+from worker.narration.audio import chunk_qa
 from worker.narration.captions import build_cues, to_srt, to_vtt
 
 RATE = 24_000

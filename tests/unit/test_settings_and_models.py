@@ -71,3 +71,10 @@ def test_settings_refuse_an_unknown_device() -> None:
     with pytest.raises(ValidationError, match="ECHOFORGE_DEVICE"):
         Settings(device="tpu")
     assert Settings(device="cuda:1").device == "cuda:1"
+
+
+def test_the_first_chunk_budget_is_off_or_at_least_twenty_characters() -> None:
+    assert Settings().first_chunk_chars == 100 and Settings(first_chunk_chars=0).first_chunk_chars == 0
+    for bad in (5, 401, -1):
+        with pytest.raises(ValueError, match="first_chunk_chars"):
+            Settings(first_chunk_chars=bad)

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from worker.narration.captions import build_cues
 from worker.narration.text import chunk_text, positions_needed, speakable
 
 
@@ -70,3 +71,58 @@ def test_positions_include_anchor_text_audio_and_chunk() -> None:
 def test_text_that_does_not_split_nicely_still_fits_every_chunk(text: str) -> None:
     chunks = chunk_text(text, max_chars=300)
     assert chunks and all(0 < len(c.text) <= 300 for c in chunks)
+
+
+OPENING = ("When the lighthouse keeper woke that morning, the sea was flat, the gulls were silent, and the lamp, which "
+           "had burned all night without a flicker, was cold. He went down to the harbour. " + "The boats knocked "
+           "together in the swell while the fishermen argued about the weather and the price of bait. " * 8)
+
+
+def test_the_first_chunk_is_a_clause_within_the_budget_when_the_first_sentence_is_long() -> None:
+    chunks = chunk_text(OPENING, max_chars=300, first_chunk_chars=100)
+    first, second, *rest = chunks
+    assert first.text == ("When the lighthouse keeper woke that morning, the sea was flat, the gulls were silent, "
+                          "and the lamp,")
+    assert first.display == first.text and not first.paragraph_end
+    assert second.text.startswith("which had burned all night without a flicker, was cold. He went down")
+    assert all(len(c.text) <= 300 for c in chunks) and min(len(c.text) for c in rest[:-1]) > 200, "normal size"
+    assert " ".join(c.display for c in chunks) == OPENING.strip(), "every word once, in order"
+
+
+def test_the_first_chunk_takes_whole_sentences_while_they_fit() -> None:
+    text = "Chapter one. It was late. " + "The rain came down on the roofs of the town all night long. " * 10
+    first, *_ = chunk_text(text, max_chars=300, first_chunk_chars=100)
+    assert first.text == "Chapter one. It was late. The rain came down on the roofs of the town all night long."
+    assert len(chunk_text(text, max_chars=300, first_chunk_chars=40)[0].text) <= 40
+
+
+def test_the_budget_counts_speakable_characters_and_captions_keep_the_written_words() -> None:
+    text = "On 2024-05-01 at 10:00, No. 7 won 30,000 votes. Then everyone went home."
+    first, second = chunk_text(text, first_chunk_chars=60)
+    assert first.display == "On 2024-05-01 at 10:00,"
+    assert first.text == "On May first, twenty twenty-four at ten o'clock,"
+    assert second.display == "No. 7 won 30,000 votes. Then everyone went home."
+    cues = build_cues([(first.display, 0.0, 2.0), (second.display, 2.25, 5.0)])
+    assert [c.text for c in cues] == ["On 2024-05-01 at 10:00,", "No. 7 won 30,000 votes.", "Then everyone went home."]
+
+
+def test_a_short_text_is_one_chunk_and_zero_turns_the_short_first_chunk_off() -> None:
+    assert [c.text for c in chunk_text("Hello there. How are you?", first_chunk_chars=100)] == [
+        "Hello there. How are you?"]
+    assert chunk_text(OPENING, max_chars=300, first_chunk_chars=0) == chunk_text(OPENING, max_chars=300)
+    assert len(chunk_text(OPENING, max_chars=300, first_chunk_chars=0)[0].text) > 250
+
+
+def test_only_the_first_paragraph_has_a_short_chunk() -> None:
+    text = "Part one.\n\n" + OPENING
+    chunks = chunk_text(text, max_chars=300, first_chunk_chars=100)
+    assert chunks[0].text == "Part one." and chunks[0].paragraph_end
+    assert chunks[1:] == [c.__class__(c.index + 1, c.text, c.display, c.paragraph_end)
+                          for c in chunk_text(OPENING, max_chars=300)], "the next paragraph is chunked as usual"
+
+
+@pytest.mark.parametrize("text", ["a" * 5000, "word " * 400, "x, " * 300, TEXT])
+def test_the_first_chunk_fits_its_budget_whatever_the_text(text: str) -> None:
+    chunks = chunk_text(text, max_chars=300, first_chunk_chars=50)
+    assert 0 < len(chunks[0].text) <= 50 and all(0 < len(c.text) <= 300 for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))

@@ -1,4 +1,4 @@
-"""Audio for delivery: per-chunk QA, loudness, seams, and encoding (soundfile)."""
+"""A generated chunk: QA (silence, clipping, speaking rate) and its stored WAV (soundfile)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,12 @@ import numpy as np
 from worker.models.silence import SILENCE_DB, window_rms
 
 __all__ = [
-    "CONTENT_TYPES",
-    "PARAGRAPH_PAUSE_S",
-    "SENTENCE_PAUSE_S",
-    "TARGET_LUFS",
     "chunk_qa",
     "decode_wav",
     "file_sha256",
-    "finish_chunk",
     "wav_bytes",
 ]
 
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
-SENTENCE_PAUSE_S = 0.25  # between chunks of one paragraph
-PARAGRAPH_PAUSE_S = 0.7  # after a paragraph
-TARGET_LUFS = -20.0  # within audiobook norms (ACX asks for -18 to -23 dB RMS)
-PEAK_LIMIT = 10 ** (-1.0 / 20)  # -1 dBFS
-FADE_S = 0.01  # a 10 ms fade at each chunk edge: no clicks at the seams
 # QA bounds: speech outside these is truncated, garbled or runaway.
 MAX_SILENCE_RATIO = 0.6
 MAX_CLIPPED_RATIO = 0.001
@@ -51,26 +40,6 @@ def chunk_qa(audio: np.ndarray, sample_rate: int, chars: int, hit_frame_cap: boo
     ) if bad]
     return {"silence_ratio": round(silence, 3), "clipped_ratio": round(clipped, 5),
             "chars_per_second": round(rate, 2), "problems": problems}
-
-
-def finish_chunk(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Loudness-normalized to TARGET_LUFS (peaks held under -1 dBFS), with short fades at both edges."""
-    import pyloudnorm
-
-    audio = np.asarray(audio, dtype=np.float64)
-    if len(audio) >= int(0.5 * sample_rate):
-        loudness = pyloudnorm.Meter(sample_rate).integrated_loudness(audio)
-        if np.isfinite(loudness):
-            audio = audio * 10 ** ((TARGET_LUFS - loudness) / 20)
-    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
-    if peak > PEAK_LIMIT:
-        audio = audio * (PEAK_LIMIT / peak)
-    fade = min(int(FADE_S * sample_rate), len(audio) // 2)
-    if fade:
-        ramp = np.linspace(0.0, 1.0, fade)
-        audio[:fade] *= ramp
-        audio[-fade:] *= ramp[::-1]
-    return audio.astype(np.float32)
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:

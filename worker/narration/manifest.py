@@ -14,6 +14,9 @@ from producer.storage import Storage
 
 __all__ = ["Manifest"]
 
+# The chunk plan depends on these settings: chunks stored under other values are not resumed.
+_PLAN_SETTINGS = ("max_chunk_chars", "first_chunk_chars")
+
 
 class Manifest:
     """A JSON document at <prefix>/<job_id>/manifest.json; its `chunks` list holds the finished chunks by index."""
@@ -33,15 +36,18 @@ class Manifest:
     @classmethod
     def open(cls, storage: Storage, job_id: str, request: NarrationRequest,
              model: dict[str, Any], settings: dict[str, Any], chunks_total: int) -> Manifest:
-        """The stored manifest when it belongs to this text and model (a resumed job), else a fresh one."""
+        """The stored manifest when it belongs to this text, chunking and model (a resumed job), else a fresh one."""
         fresh = {"job_id": job_id, "text_sha256": request.text_sha256(), "text_chars": len(request.text),
-                 "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time()}
+                 "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time(),
+                 "streamed": request.stream_chunks}
         manifest = cls(storage, job_id, fresh)
         raw = storage.get_bytes(manifest.key)
         if raw:
             stored = json.loads(raw)
             same_model = all(stored["model"].get(k) == model.get(k) for k in ("kind", "id"))
-            if stored["text_sha256"] == fresh["text_sha256"] and stored["chunks_total"] == chunks_total and same_model:
+            same_plan = all(stored["settings"].get(k) == settings.get(k) for k in _PLAN_SETTINGS) and \
+                stored["text_sha256"] == fresh["text_sha256"] and stored["chunks_total"] == chunks_total
+            if same_plan and same_model:
                 manifest = cls(storage, job_id, {**stored, "model": model})
         return manifest
 
@@ -50,8 +56,9 @@ class Manifest:
 
     @property
     def persist_chunks(self) -> bool:
-        """Chunks are stored as they finish only when there is something to resume: more than one chunk."""
-        return int(self.data["chunks_total"]) > 1
+        """Chunks are stored as they finish when there is something to resume (more than one chunk), or when the job
+        is streamed chunk by chunk (the API reads them)."""
+        return int(self.data["chunks_total"]) > 1 or bool(self.data.get("streamed"))
 
     def record(self, entry: dict[str, Any]) -> None:
         self.chunks[entry["index"]] = entry

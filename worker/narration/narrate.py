@@ -10,12 +10,14 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal
 
+from producer.audio_formats import audio_format
 from producer.errors import StorageError
+from producer.mastering import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS
 from producer.request import NarrationRequest
 from producer.storage import Storage
 from producer.voice import voice_prompt_key
 from worker.models import SpeechModel
-from worker.narration.audio import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS, decode_wav
+from worker.narration.audio import decode_wav
 from worker.narration.delivery import deliver
 from worker.narration.manifest import Manifest
 from worker.narration.stitch import stitch
@@ -42,13 +44,16 @@ class NarrationOutcome:
 
 
 def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: Storage,
-            max_chunk_chars: int, model_info: dict[str, Any], on_progress: ProgressHook) -> NarrationOutcome:
+            max_chunk_chars: int, model_info: dict[str, Any], on_progress: ProgressHook,
+            first_chunk_chars: int = 0) -> NarrationOutcome:
     """The job's work: its result when done, or the hook's "cancel" / "stop" that ended it early.
 
     Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
+    `first_chunk_chars` (0: off) keeps the first chunk short, so the first audio comes soon.
     """
-    plan = chunk_text(request.text, max_chunk_chars)
-    manifest = Manifest.open(storage, job_id, request, model_info, _settings(request, max_chunk_chars), len(plan))
+    plan = chunk_text(request.text, max_chunk_chars, first_chunk_chars)
+    settings = _settings(request, max_chunk_chars, first_chunk_chars)
+    manifest = Manifest.open(storage, job_id, request, model_info, settings, len(plan))
     resumed = len(manifest.chunks)
     log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
     with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
@@ -63,7 +68,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
                 if verdict == "cancel":
                     manifest.discard()
                 return NarrationOutcome(verdict)
-        narration = spool / f"narration.{request.output_format}"
+        narration = spool / f"narration.{audio_format(request.output_format).extension}"
         stitch(manifest, spool, narration, request.output_format)
         result = deliver(manifest, narration, request.output_format)
         return NarrationOutcome("done", result, _progress(manifest, resumed, "done"))
@@ -94,9 +99,10 @@ def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:
             "chunks_resumed": resumed, "audio_s": manifest.audio_seconds(), "phase": phase}
 
 
-def _settings(request: NarrationRequest, max_chunk_chars: int) -> dict[str, Any]:
+def _settings(request: NarrationRequest, max_chunk_chars: int, first_chunk_chars: int) -> dict[str, Any]:
     return {"speaker_id": request.speaker_id, "temperature": request.temperature, "top_k": request.top_k,
             "output_format": request.output_format, "max_chunk_chars": max_chunk_chars,
+            "first_chunk_chars": first_chunk_chars,
             "sentence_pause_s": SENTENCE_PAUSE_S, "paragraph_pause_s": PARAGRAPH_PAUSE_S, "target_lufs": TARGET_LUFS}
 
 

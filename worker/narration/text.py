@@ -135,24 +135,62 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
     return [piece for part in parts if part.strip() for piece in _pieces(part, max_chars)]
 
 
-def chunk_text(text: str, max_chars: int = 300) -> list[Chunk]:
-    """Sentence-aware chunks of at most `max_chars` speakable characters; chunks never cross a paragraph."""
+def _said(pieces: list[str]) -> str:
+    """What the model reads for these pieces of text, one after another."""
+    return " ".join(speakable(piece) for piece in pieces)
+
+
+def _lead(sentences: list[str], budget: int, max_chars: int) -> tuple[list[str], list[str]]:
+    """A paragraph's sentences split into the first chunk's pieces (its leading whole sentences while they fit in
+    `budget` speakable characters, else the first sentence's leading clauses) and the pieces left for later chunks."""
+    count = 0
+    while count < len(sentences) and len(_said(sentences[: count + 1])) <= budget:
+        count += 1
+    head, left = sentences[:count], []
+    if not count:
+        clauses = _pieces(sentences[0], budget)
+        size = 1
+        while size < len(clauses) and len(_said(clauses[: size + 1])) <= budget:
+            size += 1
+        head, left, count = clauses[:size], clauses[size:], 1
+    return head, left + [piece for s in sentences[count:] for piece in _pieces(s, max_chars)]
+
+
+def _pack(pieces: list[str], max_chars: int, first_index: int) -> list[Chunk]:
+    """A paragraph's pieces packed in order into chunks of at most `max_chars` speakable characters."""
+    chunks: list[Chunk] = []
+    spoken: list[str] = []
+    shown: list[str] = []
+    for piece in pieces:
+        said = speakable(piece)
+        if spoken and len(" ".join([*spoken, said])) > max_chars:
+            chunks.append(Chunk(first_index + len(chunks), " ".join(spoken), " ".join(shown), False))
+            spoken, shown = [], []
+        spoken.append(said)
+        shown.append(piece)
+    if spoken:
+        chunks.append(Chunk(first_index + len(chunks), " ".join(spoken), " ".join(shown), True))
+    return chunks
+
+
+def chunk_text(text: str, max_chars: int = 300, first_chunk_chars: int = 0) -> list[Chunk]:
+    """Sentence-aware chunks of at most `max_chars` speakable characters; chunks never cross a paragraph.
+
+    With `first_chunk_chars` (0: off) the first chunk is short, so the first audio comes soon: the text's leading
+    sentences that fit in that many speakable characters, or, when the first sentence alone is longer, its leading
+    clauses (split as a long sentence is); the rest of the paragraph is chunked as usual.
+    """
     chunks: list[Chunk] = []
     for paragraph in (p.strip() for p in text.split("\n\n")):
         if not paragraph:
             continue
-        pieces = [piece for s in split_sentences(paragraph.replace("\n", " ")) for piece in _pieces(s, max_chars)]
-        spoken: list[str] = []
-        shown: list[str] = []
-        for piece in pieces:
-            said = speakable(piece)
-            if spoken and len(" ".join([*spoken, said])) > max_chars:
-                chunks.append(Chunk(len(chunks), " ".join(spoken), " ".join(shown), False))
-                spoken, shown = [], []
-            spoken.append(said)
-            shown.append(piece)
-        if spoken:
-            chunks.append(Chunk(len(chunks), " ".join(spoken), " ".join(shown), True))
+        sentences = split_sentences(paragraph.replace("\n", " "))
+        if not chunks and first_chunk_chars and sentences:
+            head, pieces = _lead(sentences, min(first_chunk_chars, max_chars), max_chars)
+            chunks.append(Chunk(0, _said(head), " ".join(head), not pieces))
+        else:
+            pieces = [piece for s in sentences for piece in _pieces(s, max_chars)]
+        chunks.extend(_pack(pieces, max_chars, len(chunks)))
     return chunks
 
 
