@@ -59,8 +59,9 @@ class Storage(ABC):
         """The object's file, where storage is a local directory (else None)."""
         return None
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
-        """A URL anyone may GET the object from for `expires_s` seconds, where the store offers one (else None)."""
+    def presigned_url(self, key: str, expires_s: int, attachment: str | None = None) -> str | None:
+        """A URL anyone may GET the object from for `expires_s` seconds, where the store offers one (else None);
+        `attachment`: the file name a browser saves it as (Content-Disposition) instead of showing it."""
         return None
 
 
@@ -152,9 +153,11 @@ class S3Storage(Storage):
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def presigned_url(self, key: str, expires_s: int) -> str | None:
-        return str(self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
-                                                      ExpiresIn=expires_s))
+    def presigned_url(self, key: str, expires_s: int, attachment: str | None = None) -> str | None:
+        params = {"Bucket": self.bucket, "Key": key}
+        if attachment is not None:
+            params["ResponseContentDisposition"] = f'attachment; filename="{attachment}"'
+        return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s))
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from producer.api import narrations, openai_speech, voices, webhooks
 from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
+from producer.api.studio import mount_studio
 from producer.api_keys import ApiKeyStore
 from producer.client import NarrationClient
 from producer.errors import EchoForgeError, ErrorCode, RefusedForNowError
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(voices.router)
     app.include_router(webhooks.router)
     app.include_router(openai_speech.router)
+    mount_studio(app)
     app.add_exception_handler(EchoForgeError, handle_error)
     app.add_exception_handler(RefusedForNowError, _refused_for_now)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)

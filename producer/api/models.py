@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from producer.states import JobState
 
-__all__ = ["JobList", "JobOut", "VoiceList", "VoiceOut", "WebhookAttempt", "WebhookAttemptList"]
+__all__ = ["AudioLink", "JobList", "JobOut", "VoiceList", "VoiceOut", "WebhookAttempt", "WebhookAttemptList"]
 
 
 class JobOut(BaseModel):
@@ -28,6 +28,16 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None = Field(default=None, description="url, key, duration_s, sha256, captions…")
     error: dict[str, Any] | None = Field(default=None, description="code and message")
     history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AudioLink(BaseModel):
+    """Where a finished narration's audio can be fetched without a key, for a player that cannot send one."""
+
+    url: str | None = Field(description="a presigned URL (S3 storage), or null where the API serves the file itself: "
+                                        "GET …/audio with the key")
+    download_url: str | None = Field(default=None, description="the same, answered as an attachment "
+                                                               "(`<job id>.<format>`): a browser saves it")
+    expires_in_s: int | None = Field(default=None, description="how long the URLs are valid")
 
 
 class JobList(BaseModel):

@@ -15,7 +15,7 @@ from producer import keys
 from producer.api.auth import caller_with
 from producer.api.bodies import json_object, page_cursor
 from producer.api.events import job_events
-from producer.api.models import JobList, JobOut
+from producer.api.models import AudioLink, JobList, JobOut
 from producer.api.problems import error_responses
 from producer.api.voices import voice_store
 from producer.api_keys import ApiKey
@@ -181,6 +181,21 @@ def audio(job_id: str, request: Request, key: Reader) -> Response:
     spec = audio_format(job.result["format"])
     return FileResponse(storage.local_path(object_key), media_type=spec.content_type,
                         filename=f"{job_id}.{spec.extension}")
+
+
+@router.get("/{job_id}/audio-url", response_model=AudioLink, responses=_FILES)
+def audio_url(job_id: str, request: Request, key: Reader) -> dict[str, Any]:
+    """Presigned URLs of the audio (S3 storage; null for local storage), so that a browser's `<audio>` or a download
+    link, which cannot send the key, fetch it straight from storage: the studio page uses them."""
+    job = _finished(request, job_id, key)
+    assert job.result is not None
+    storage, object_key = request.app.state.storage, job.result["key"]
+    ttl = request.app.state.settings.presigned_url_ttl_s
+    url = storage.presigned_url(object_key, ttl)
+    if url is None:
+        return {"url": None}
+    download = storage.presigned_url(object_key, ttl, attachment=f"{job.id}.{job.result['format']}")
+    return {"url": url, "download_url": download, "expires_in_s": ttl}
 
 
 def _object(request: Request, job: Job, object_key: str, media_type: str) -> Response:

@@ -78,6 +78,10 @@ def test_a_narration_over_http_from_submit_to_download(
     wav = httpx.get(audio.headers["location"], timeout=30)
     samples, rate = sf.read(io.BytesIO(wav.content))
     assert abs(len(samples) / rate - done["result"]["duration_s"]) < 0.01
+    link = api.get(f"/v1/narrations/{job['id']}/audio-url", headers=headers).json()
+    assert link["expires_in_s"] == 300 and httpx.get(link["url"], timeout=30).content == wav.content
+    saved = httpx.get(link["download_url"], timeout=30)
+    assert saved.headers["content-disposition"] == f'attachment; filename="{job["id"]}.wav"'
     srt = api.get(f"/v1/narrations/{job['id']}/captions.srt", headers=headers)
     vtt = api.get(f"/v1/narrations/{job['id']}/captions.vtt", headers=headers)
     assert "lighthouse keeper" in srt.text and vtt.text.startswith("WEBVTT")
@@ -190,7 +194,8 @@ def test_openapi_documents_every_path_and_its_problems(api: httpx.Client) -> Non
     schema = api.get("/openapi.json").json()
     paths = schema["paths"]
     for path in ["/v1/narrations", "/v1/narrations/{job_id}", "/v1/narrations/{job_id}/cancel",
-                 "/v1/narrations/{job_id}/retry", "/v1/narrations/{job_id}/audio", "/v1/narrations/{job_id}/events",
+                 "/v1/narrations/{job_id}/retry", "/v1/narrations/{job_id}/audio", "/v1/narrations/{job_id}/audio-url",
+                 "/v1/narrations/{job_id}/events",
                  "/v1/narrations/{job_id}/captions.srt", "/v1/narrations/{job_id}/captions.vtt",
                  "/v1/narrations/{job_id}/manifest", "/v1/narrations/{job_id}/webhook-deliveries", "/healthz",
                  "/readyz"]:
