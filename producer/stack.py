@@ -90,7 +90,8 @@ def run_stack(args: argparse.Namespace) -> int:
         flower_url = _start_flower(stack, args.flower_port)
         print(f"flower     {flower_url}")
         api_url = _start_api(stack, args.api_port)
-        print(f"api        {api_url} (docs {api_url}docs; development key {_development_key(settings)})")
+        print(f"api        {api_url} (the studio; schema {api_url}openapi.json; development key "
+              f"{_development_key(settings)})")
         stack_state.write(stack.data_dir, stack_state.StackState(
             redis_url=settings.redis_url, storage_url=settings.storage_url, flower_url=flower_url, pid=os.getpid(),
             queue=settings.queue, api_url=api_url))
