@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from producer import keys
 
-__all__ = ["celery_command", "free_port", "redis_server_binary", "start", "stop", "wait_for_port",
+__all__ = ["celery_command", "free_port", "is_alive", "redis_server_binary", "start", "stop", "wait_for_port",
            "webhook_worker_command"]
 
 WEBHOOK_APP = "producer.webhooks.app"
@@ -22,6 +23,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def is_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def redis_server_binary() -> str:

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib.resources import files
 
 from producer import keys
 from producer.errors import ErrorCode, Quota, RefusedForNowError
 from producer.settings import Settings
-from producer.store import JobStore
+from producer.store import JobStore, lua_script
 
 __all__ = ["QUEUE_DEPTH_CACHE_S", "CharacterCharge", "Quotas"]
 
@@ -25,10 +24,6 @@ __all__ = ["QUEUE_DEPTH_CACHE_S", "CharacterCharge", "Quotas"]
 QUEUE_DEPTH_CACHE_S = 0.5
 # A day's character count outlives its day by a day, then expires.
 DAILY_CHARS_TTL_S = 2 * 24 * 3600
-
-
-def _script(name: str) -> str:
-    return files("producer").joinpath("lua", f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -46,8 +41,8 @@ class Quotas:
         self.jobs = jobs
         self.settings = settings
         self.clock = clock
-        self._take_token = jobs.redis.register_script(_script("take_token"))
-        self._daily_chars = jobs.redis.register_script(_script("daily_chars"))
+        self._take_token = jobs.redis.register_script(lua_script("take_token"))
+        self._daily_chars = jobs.redis.register_script(lua_script("daily_chars"))
         self._depth_lock = threading.Lock()
         self._depth: tuple[float, int] = (-math.inf, 0)  # (monotonic time read, messages waiting)
 

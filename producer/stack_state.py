@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from producer.processes import is_alive
 from producer.settings import Settings, redact_url
 
 __all__ = ["CLI_STATE_PATH", "STATE_FILE", "StackState", "cli_settings", "read", "remove", "write"]
@@ -89,7 +90,7 @@ def cli_settings(path: Path = CLI_STATE_PATH) -> Settings:
     except (OSError, ValueError) as e:
         _say(f"ignoring {shown}: {e}")
         return Settings()
-    if not _alive(state.pid):
+    if not is_alive(state.pid):
         _say(f"ignoring {shown}: its `echoforge up` (pid {state.pid}) is not running")
         return Settings()
     from_stack: dict[str, Any] = {"redis_url": state.redis_url, "storage_url": state.storage_url, "queue": state.queue}
@@ -102,18 +103,6 @@ def _set_in_environment(field: str) -> bool:
     """Whether Settings reads `field` from the environment (its variable names are case-insensitive)."""
     name = f"ECHOFORGE_{field}".upper()
     return any(key.upper() == name for key in os.environ)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _say(message: str) -> None:

@@ -20,13 +20,19 @@ from producer.request import NarrationRequest
 from producer.settings import Settings
 from producer.states import JobState, Transition
 
-__all__ = ["JobStore", "connect_redis", "is_job_id"]
+__all__ = ["JobStore", "connect_redis", "is_job_id", "lua_script", "text"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
+    """The text of producer/lua/<name>.lua (package data, so a non-editable install has it too)."""
     return files("producer").joinpath("lua", f"{name}.lua").read_text()
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as str."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def connect_redis(settings: Settings, retry_s: float | None = None, timeout_s: float | None = None) -> redis.Redis:
@@ -63,10 +69,10 @@ class JobStore:
         self.redis = client
         self.finished_ttl_s = finished_ttl_s
         self.webhook_progress_interval_s = webhook_progress_interval_s
-        self._create = client.register_script(_script("create"))
-        self._transition = client.register_script(_script("transition"))
-        self._retry = client.register_script(_script("retry"))
-        self._lock_holder = client.register_script(_script("lock_holder"))
+        self._create = client.register_script(lua_script("create"))
+        self._transition = client.register_script(lua_script("transition"))
+        self._retry = client.register_script(lua_script("retry"))
+        self._lock_holder = client.register_script(lua_script("lock_holder"))
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_s: float | None = None,
@@ -110,15 +116,15 @@ class JobStore:
                   keys.tenant_jobs_key(tenant) if tenant else "", keys.tenant_queued_key(tenant) if tenant else ""],
             args=[job_id, repr(now), max_queued, *flat])
         if created == -1:
-            raise RefusedForNowError(f"quota queued_jobs: tenant {tenant} has {_text(found)} jobs queued, its limit "
+            raise RefusedForNowError(f"quota queued_jobs: tenant {tenant} has {text(found)} jobs queued, its limit "
                                      "of jobs queued at once", ErrorCode.QUOTA_EXCEEDED, retry_after_s=30,
                                      quota=Quota.QUEUED_JOBS)
-        return (Job.from_hash(fields), True) if created else (self.get(_text(found), tenant), False)
+        return (Job.from_hash(fields), True) if created else (self.get(text(found), tenant), False)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job; with `tenant`, only that tenant's (another tenant's job is "not found", like a missing one)."""
         data: Any = self.redis.hgetall(keys.job_key(job_id)) if is_job_id(job_id) else {}
-        if not data or (tenant is not None and _text(data.get(b"tenant", b"")) != tenant):
+        if not data or (tenant is not None and text(data.get(b"tenant", b"")) != tenant):
             raise JobNotFoundError(f"no job {job_id!r} (never created, or its record expired)")
         job = _job(data.items())
         deadline = data.get(b"expires_at")
@@ -129,7 +135,7 @@ class JobStore:
     def peek(self, job_id: str, *names: str) -> list[str]:
         """Raw fields of a record ('' when absent), with no side effect (no lazy expiry): for metrics."""
         values: Any = self.redis.hmget(keys.job_key(job_id), list(names))
-        return [_text(v) if v is not None else "" for v in values]
+        return [text(v) if v is not None else "" for v in values]
 
     # ---- transitions ----------------------------------------------------------------------------------------------
 
@@ -150,7 +156,7 @@ class JobStore:
                   transition.deadline.value, repr(now), _flag(transition.dead_letters),
                   _flag(transition.releases_idempotency_key), job_id, transition.webhook_event or "",
                   repr(self.webhook_progress_interval_s), *flat])
-        return self._outcome(job_id, _text(status), record)
+        return self._outcome(job_id, text(status), record)
 
     def _apply_retry(self, transition: Transition, job_id: str) -> Job | None:
         job = self.get(job_id)
@@ -162,7 +168,7 @@ class JobStore:
                   *self._side_keys(job_id)],
             args=[transition.target.value, _csv(transition.sources), refused, repr(now),
                   repr(now + ttl) if ttl else "", job_id])
-        return self._outcome(job_id, _text(status), record)
+        return self._outcome(job_id, text(status), record)
 
     def _outcome(self, job_id: str, status: str, record: Any) -> Job | None:
         if status == "missing":
@@ -177,7 +183,7 @@ class JobStore:
         """The job's idempotency key and its tenant's queued set ('' when none), declared to the scripts that touch
         them (both are fixed at creation, so reading them first is safe)."""
         idem, tenant = self.redis.hmget(keys.job_key(job_id), ["idempotency_redis_key", "tenant"])  # type: ignore[misc]
-        return [_text(idem or b""), keys.tenant_queued_key(_text(tenant)) if tenant else ""]
+        return [text(idem or b""), keys.tenant_queued_key(text(tenant)) if tenant else ""]
 
     def _expire(self, job_id: str) -> Job:
         """The one place a queued job past its queue deadline becomes expired (the script checks the deadline)."""
@@ -255,7 +261,7 @@ class JobStore:
         """Running jobs whose run lock is gone (their worker died) and that started over `grace_s` ago."""
         stale = []
         for raw in self.redis.smembers(keys.RUNNING_JOBS_KEY):  # type: ignore[union-attr]
-            job_id = _text(raw)
+            job_id = text(raw)
             state, started = self.peek(job_id, "state", "started_at")
             if state != JobState.RUNNING.value:
                 self.redis.srem(keys.RUNNING_JOBS_KEY, job_id)
@@ -274,7 +280,7 @@ class JobStore:
     def unsent(self, older_than_s: float) -> list[str]:
         """Jobs recorded over `older_than_s` ago whose producer never confirmed sending them."""
         ids: Any = self.redis.zrangebyscore(keys.UNSENT_JOBS_KEY, "-inf", time.time() - older_than_s, 0, 500)
-        return [_text(i) for i in ids]
+        return [text(i) for i in ids]
 
     # ---- read-only queries ----------------------------------------------------------------------------------------
 
@@ -283,7 +289,7 @@ class JobStore:
         return bool(self.redis.exists(keys.idempotency_key(key, tenant)))
 
     def dead_lettered(self) -> list[str]:
-        return [_text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]
+        return [text(i) for i in self.redis.zrevrange(keys.DEAD_LETTER_KEY, 0, -1)]  # type: ignore[union-attr]
 
     def dead_letter_count(self) -> int:
         return int(self.redis.zcard(keys.DEAD_LETTER_KEY))  # type: ignore[arg-type]
@@ -301,14 +307,14 @@ class JobStore:
         ids: Any = self.redis.zrevrange(keys.JOB_INDEX_KEY, 0, limit - 1)
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job_key(_text(job_id)), ["state", "created_at"])
+            pipe.hmget(keys.job_key(text(job_id)), ["state", "created_at"])
         counts = {state.value: 0 for state in JobState}
         oldest_queued, now = 0.0, time.time()
         for state, created in pipe.execute() if ids else []:
             if state is None:
                 continue
-            counts[_text(state)] = counts.get(_text(state), 0) + 1
-            if _text(state) == JobState.QUEUED.value and created:
+            counts[text(state)] = counts.get(text(state), 0) + 1
+            if text(state) == JobState.QUEUED.value and created:
                 oldest_queued = max(oldest_queued, now - float(created))
         return counts, oldest_queued
 
@@ -322,7 +328,7 @@ class JobStore:
         top: str = "+inf" if before is None else f"({before!r}"
         for start in range(0, 10_000, 200):
             page: Any = self.redis.zrevrangebyscore(index, top, "-inf", start=start, num=200)
-            ids = [_text(i) for i in page]
+            ids = [text(i) for i in page]
             if not ids:
                 break
             pipe = self.redis.pipeline(transaction=False)
@@ -343,11 +349,8 @@ class JobStore:
 
 
 def _job(pairs: Iterable[tuple[bytes | str, bytes | str]]) -> Job:
-    return Job.from_hash({_text(k): _text(v) for k, v in pairs})
+    return Job.from_hash({text(k): text(v) for k, v in pairs})
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _flag(value: bool) -> str:

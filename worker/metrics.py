@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producer import keys
+from producer.processes import is_alive
 from producer.settings import Settings
 from producer.states import JobState
 from producer.store import JobStore
@@ -225,19 +226,9 @@ class _ProcessFiles(Collector):
     def collect(self) -> Iterator[Any]:
         for pid in {int(m.group(1)) for f in self.path.glob("gauge_live*.db")
                     if (m := re.search(r"_(\d+)\.db$", f.name))}:
-            if not _alive(pid):
+            if not is_alive(pid):
                 multiprocess.mark_process_dead(pid, str(self.path))
         return self.collector.collect()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _RedisCollector(Collector):

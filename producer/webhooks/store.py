@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from typing import Any
 
 import redis
 
 from producer import keys
+from producer.store import lua_script, text
 
 __all__ = ["OutboxEntry", "WebhookMessage", "WebhookStore"]
 
@@ -40,24 +40,19 @@ class WebhookMessage:
     body: str
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _entries(raw: Any) -> list[OutboxEntry]:
     found = []
     for entry_id, data in raw or []:
         if data:  # an entry deleted while pending comes back empty
-            fields = {_text(k): _text(v) for k, v in data.items()}
-            found.append(OutboxEntry(_text(entry_id), fields["job_id"], fields["event"], float(fields["at"])))
+            fields = {text(k): text(v) for k, v in data.items()}
+            found.append(OutboxEntry(text(entry_id), fields["job_id"], fields["event"], float(fields["at"])))
     return found
 
 
 class WebhookStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._claim_due = client.register_script(
-            files("producer").joinpath("lua", "claim_due_webhooks.lua").read_text())
+        self._claim_due = client.register_script(lua_script("claim_due_webhooks"))
 
     # ---- the outbox: relays read it as one consumer group ---------------------------------------------------------
 
@@ -99,7 +94,7 @@ class WebhookStore:
 
     def message(self, webhook_id: str) -> WebhookMessage | None:
         data: Any = self.redis.hgetall(keys.webhook_message_key(webhook_id))
-        fields = {_text(k): _text(v) for k, v in data.items()}
+        fields = {text(k): text(v) for k, v in data.items()}
         names = WebhookMessage.__dataclass_fields__
         return WebhookMessage(**{k: fields[k] for k in names}) if names.keys() <= fields.keys() else None
 
@@ -117,7 +112,7 @@ class WebhookStore:
     def claim_due(self, now: float, limit: int) -> list[str]:
         """Messages whose next attempt is due, taken off the retries set in the same step (one relay sends each)."""
         claimed: Any = self._claim_due(keys=[keys.WEBHOOK_RETRIES_KEY], args=[repr(now), limit])
-        return [_text(i) for i in claimed]
+        return [text(i) for i in claimed]
 
     # ---- a job's attempts ------------------------------------------------------------------------------------------
 
