@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from num2words import num2words
 
@@ -100,11 +100,18 @@ def speakable(text: str) -> str:
     return text.strip()
 
 
-@lru_cache(maxsize=1)
-def _segmenter() -> object:
-    import pysbd
+_per_thread = threading.local()
 
-    return pysbd.Segmenter(language="en", clean=False)
+
+def _segmenter() -> object:
+    """pysbd's segmenter, one per thread: it keeps state while it segments, so jobs sharing a process (threads
+    pool) must not share one (a shared one returned no sentences at all under load)."""
+    segmenter = getattr(_per_thread, "segmenter", None)
+    if segmenter is None:
+        import pysbd
+
+        segmenter = _per_thread.segmenter = pysbd.Segmenter(language="en", clean=False)
+    return segmenter
 
 
 def split_sentences(paragraph: str) -> list[str]:
