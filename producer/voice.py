@@ -64,8 +64,9 @@ def check_voice_prompt(source: str | Path | bytes, field: str = "voice_prompt") 
         raise InvalidRequestError(f"{what} is silent or not finite", [(field, "silent or not finite")])
     buffer = io.BytesIO()
     sf.write(buffer, mono, sample_rate, format="WAV", subtype="FLOAT")
-    wav = buffer.getvalue()
-    return VoicePrompt(wav, hashlib.sha256(wav).hexdigest(), round(len(mono) / sample_rate, 3))
+    # Hash the samples, not the file: libsndfile stamps float WAVs with the time (PEAK chunk).
+    samples = sample_rate.to_bytes(4, "little") + mono.astype("<f4").tobytes()
+    return VoicePrompt(buffer.getvalue(), hashlib.sha256(samples).hexdigest(), round(len(mono) / sample_rate, 3))
 
 
 def store_voice_prompt(prompt: VoicePrompt, storage: Storage) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,19 @@ def test_a_path_and_its_bytes_are_the_same_prompt(tmp_path: Path) -> None:
     data = _stereo_flac(2.0)
     (tmp_path / "me.flac").write_bytes(data)
     from_path, from_bytes = check_voice_prompt(tmp_path / "me.flac"), check_voice_prompt(data)
-    assert from_path == from_bytes and from_bytes.seconds == 2.0
+    assert from_path.sha256 == from_bytes.sha256 and from_bytes.seconds == 2.0
     stored, rate = sf.read(io.BytesIO(from_bytes.wav))
     assert stored.ndim == 1 and rate == 22_050 and sf.info(io.BytesIO(from_bytes.wav)).subtype == "FLOAT"
+
+
+def test_the_same_recording_has_the_same_hash_a_second_later() -> None:
+    """libsndfile writes the time into a float WAV's PEAK chunk; the hash must not depend on it."""
+    data = _stereo_flac(1.0)
+    first = check_voice_prompt(data)
+    time.sleep(1.1)
+    second = check_voice_prompt(data)
+    assert first.wav != second.wav, "the stored files differ (the fixture crosses a second)"
+    assert first.sha256 == second.sha256
 
 
 @pytest.mark.parametrize(("data", "message"), [
