@@ -22,6 +22,8 @@ from producer.storage import Storage
 
 __all__ = ["JobEndedError", "stream_job_audio"]
 
+STREAM_SLICE_S = 1  # seconds of audio encoded and sent at a time
+
 
 class JobEndedError(EchoForgeError):
     """The job ended without audio (failed, canceled or expired); `code` is its error's."""
@@ -48,22 +50,29 @@ class _Pending:
         return taken
 
 
-def _chunk(storage: Storage, job_id: str, index: int) -> tuple[np.ndarray, int, bool]:
-    """Chunk `index` as stored (32-bit float WAV) and whether a paragraph ends with it (from the manifest)."""
+def _chunk_audio(storage: Storage, job_id: str, index: int) -> tuple[np.ndarray, int]:
+    """Chunk `index` as stored (32-bit float WAV)."""
     import soundfile as sf
 
     data = storage.get_bytes(storage.key_for(job_id, keys.CHUNK_OBJECT.format(index=index)))
-    manifest = storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT))
-    if data is None or manifest is None:
+    if data is None:
         raise JobNotReadyError(f"job {job_id}: chunk {index} is counted as done but not in storage")
-    entries = {entry["index"]: entry for entry in json.loads(manifest)["chunks"]}
     audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return audio, int(rate), bool(entries.get(index, {}).get("paragraph_end"))
+    return audio, int(rate)
+
+
+def _ends_paragraph(storage: Storage, job_id: str, index: int) -> bool:
+    """Whether a paragraph ends with chunk `index` (from the manifest), so a longer pause follows it."""
+    manifest = storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT))
+    entries = {entry["index"]: entry for entry in json.loads(manifest or b'{"chunks": []}')["chunks"]}
+    return bool(entries.get(index, {}).get("paragraph_end"))
 
 
 async def stream_job_audio(state: Any, job_id: str, fmt: str) -> AsyncIterator[bytes]:
     """The job's audio in `fmt`, a piece per stored chunk as the job goes on; the encoder's tail once it succeeded.
 
+    A chunk is encoded a slice at a time, each slice handed on at once, so the first bytes do not wait for a whole
+    chunk's encoding; the pause before a chunk is read from the manifest only then, off the first audio's path.
     Raises JobEndedError when the job ends without succeeding (before the first piece: the caller answers with an
     error; later, the stream is cut short). Formats that cannot stream (m4a) are sent whole once the job succeeded.
     """
@@ -75,16 +84,18 @@ async def stream_job_audio(state: Any, job_id: str, fmt: str) -> AsyncIterator[b
         async for job in watch_job(state.async_redis, job_id):
             if job.state in (JobState.FAILED, JobState.CANCELED, JobState.EXPIRED):
                 raise JobEndedError(job)
-            done, total = int(job.progress.get("chunks_done", 0)), int(job.progress.get("chunks_total", 0))
-            while sent < done:
-                audio, rate, paragraph_end = await run_in_threadpool(_chunk, state.storage, job_id, sent)
+            while sent < int(job.progress.get("chunks_done", 0)):
+                audio, rate = await run_in_threadpool(_chunk_audio, state.storage, job_id, sent)
                 if encoder is None:
                     encoder = AudioEncoder.open(fmt, rate, sink)  # type: ignore[arg-type]
-                encoder.write(finish_chunk(audio, rate))
-                if sent < total - 1:
+                else:
+                    paragraph_end = await run_in_threadpool(_ends_paragraph, state.storage, job_id, sent - 1)
                     encoder.write(pause_after(paragraph_end, rate))
+                finished = finish_chunk(audio, rate)
+                for start in range(0, len(finished), STREAM_SLICE_S * rate):
+                    encoder.write(finished[start: start + STREAM_SLICE_S * rate])
+                    yield sink.take()
                 sent += 1
-                yield sink.take()
         if encoder is not None:
             encoder.close()
             yield sink.take()

@@ -17,9 +17,11 @@ import soundfile as sf
 
 from producer.client import NarrationClient
 from producer.job import Job
+from producer.request import NarrationRequest
 from producer.settings import Settings
 from producer.states import JobState
 from tests import services
+from worker.narration.text import chunk_text
 
 CHAPTER = (Path(__file__).resolve().parents[1] / "fixtures" / "chapter.txt").read_text()
 MAX_POSITIONS = 2048
@@ -100,6 +102,31 @@ def test_a_chapter_is_chunked_stitched_and_captioned_with_progress_on_the_way(
     assert all(start < end for start, end in seconds)
     bounds = [(c["start_s"] - 0.001, c["end_s"] + 0.001) for c in chunks]
     assert all(any(lo <= s and e <= hi for lo, hi in bounds) for s, e in seconds), "every cue inside one chunk"
+
+
+def _starts(logs: str, job_id: str) -> Counter[int]:
+    """Generations begun per chunk (first attempts), counted when they start, whether or not they were stored."""
+    return Counter(int(i) for i in re.findall(rf"job {job_id}: chunk (\d+) started \(attempt 1\)", logs))
+
+
+@pytest.mark.parametrize(("text", "guessed_right"), [
+    ("It was late. " + "The rain came down on the roofs of the town all night long. " * 12, True),
+    ("word " * 400, False),  # one unpunctuated run longer than the opening the guess is made from
+])
+def test_the_first_chunk_generates_while_the_text_is_planned_and_again_only_when_the_guess_was_wrong(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], text: str,
+    guessed_right: bool,
+) -> None:
+    worker = start_worker(settings)
+    final = client.wait(client.submit({"text": text}).id, timeout=60)
+    assert final.state is JobState.SUCCEEDED and final.result is not None
+    normalized = NarrationRequest.parse({"text": text}).text
+    planned = chunk_text(normalized, settings.max_chunk_chars, settings.first_chunk_chars)
+    manifest = json.loads(_read(settings, final.result["manifest_key"]))
+    assert [c["text"] for c in manifest["chunks"]] == [c.text for c in planned], "the plan's chunks, in order"
+    starts = _starts(worker.log(), final.id)
+    assert starts == Counter(range(len(planned))) + (Counter() if guessed_right else Counter([0]))
+    assert ("generating it again" in worker.log()) is not guessed_right
 
 
 def test_killing_the_pool_process_mid_job_resumes_without_redoing_stored_chunks(

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from worker.narration.captions import build_cues
-from worker.narration.text import chunk_text, positions_needed, speakable
+from worker.narration.text import chunk_text, first_chunk_guess, positions_needed, speakable
 
 
 @pytest.mark.parametrize(
@@ -126,3 +126,18 @@ def test_the_first_chunk_fits_its_budget_whatever_the_text(text: str) -> None:
     chunks = chunk_text(text, max_chars=300, first_chunk_chars=50)
     assert 0 < len(chunks[0].text) <= 50 and all(0 < len(c.text) <= 300 for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+@pytest.mark.parametrize("first_chunk_chars", [0, 100])
+@pytest.mark.parametrize("text", [TEXT, OPENING, "Part one.\n\n" + OPENING, "Hello there.", OPENING * 20,
+                                  "\n\n  A lone line.\n\nThen more text."])
+def test_the_first_chunk_guessed_from_the_opening_is_the_plans(text: str, first_chunk_chars: int) -> None:
+    assert first_chunk_guess(text, 300, first_chunk_chars) == chunk_text(text, 300, first_chunk_chars)[0]
+
+
+def test_a_guess_cut_inside_the_first_chunk_differs_from_the_plan() -> None:
+    """One unpunctuated 'sentence' longer than the opening: the opening halves it elsewhere (the worker then
+    generates the plan's first chunk again)."""
+    text = "word " * 2000
+    assert first_chunk_guess(text, 300, 0) != chunk_text(text, 300, 0)[0]
+    assert first_chunk_guess("", 300, 100) is None and first_chunk_guess("\n\n \n\n", 300, 100) is None

@@ -51,6 +51,11 @@ class Manifest:
                 manifest = cls(storage, job_id, {**stored, "model": model})
         return manifest
 
+    @classmethod
+    def exists(cls, storage: Storage, job_id: str) -> bool:
+        """Whether the job has a stored manifest (an earlier run stored chunks)."""
+        return storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT)) is not None
+
     def done(self, index: int) -> bool:
         return index in self.chunks
 

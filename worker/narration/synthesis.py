@@ -22,6 +22,8 @@ __all__ = ["ChunkSynthesizer", "chunk_seed"]
 
 log = logging.getLogger(__name__)
 
+Attempt = tuple[Generated, dict[str, Any]]  # a generated chunk and its QA
+
 
 def chunk_seed(job_id: str, index: int, attempt: int) -> int:
     """Repeatable per job, chunk and attempt; recorded in the manifest."""
@@ -31,9 +33,21 @@ def chunk_seed(job_id: str, index: int, attempt: int) -> int:
 class ChunkSynthesizer:
     """Generates a job's chunks with one voice anchor: the caller's voice prompt, else the job's first chunk."""
 
-    def __init__(self, model: SpeechModel, request: NarrationRequest, manifest: Manifest, spool: Path) -> None:
-        self.model, self.request, self.manifest, self.spool = model, request, manifest, spool
+    def __init__(self, model: SpeechModel, request: NarrationRequest, job_id: str, spool: Path) -> None:
+        self.model, self.request, self.job_id, self.spool = model, request, job_id, spool
         self.anchor: Segment | None = None
+        self._manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        """Where chunks are recorded; set once the plan is known (a first chunk may be generated before)."""
+        if self._manifest is None:
+            raise RuntimeError(f"job {self.job_id}: no manifest yet")
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, manifest: Manifest) -> None:
+        self._manifest = manifest
 
     def load_voice_prompt(self, audio: np.ndarray, sample_rate: int) -> None:
         assert self.request.voice_text is not None
@@ -52,35 +66,44 @@ class ChunkSynthesizer:
                                               "seconds": round(len(audio) / rate, 3)}
 
     def synthesize_batch(self, chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
-        """Generate chunks together in the anchor's voice, give each that fails QA one more try on its next seed,
-        then store them in order: each manifest entry is yielded as soon as it is saved.
+        """Generate chunks together in the anchor's voice, then store them in order: each manifest entry is yielded
+        as soon as it is saved."""
+        return self.store(chunks, self.generate(chunks))
+
+    def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
+        """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
 
         Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever else shares its batch.
         """
         first = self._attempt(chunks, 0)
         failed = [i for i, (_, qa) in enumerate(first) if qa["problems"]]
         retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], 1), strict=True)) if failed else {}
-        for i, chunk in enumerate(chunks):
-            attempts = [first[i], *([retried[i]] if i in retried else [])]
+        return [[first[i], *([retried[i]] if i in retried else [])] for i in range(len(chunks))]
+
+    def store(self, chunks: list[Chunk], generated: list[list[Attempt]]) -> Iterator[dict[str, Any]]:
+        """Store each chunk's last attempt and record it in the manifest, in order, yielding each entry once saved."""
+        for chunk, attempts in zip(chunks, generated, strict=True):
             for number, (result, qa) in enumerate(attempts, start=1):
-                log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.manifest.job_id, chunk.index,
+                log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.job_id, chunk.index,
                          number, len(result.audio) / result.sample_rate,
                          f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
             result, qa = attempts[-1]
-            seed = chunk_seed(self.manifest.job_id, chunk.index, len(attempts) - 1)
+            seed = chunk_seed(self.job_id, chunk.index, len(attempts) - 1)
             entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
             self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
             self.manifest.record(entry)
             yield entry
 
-    def _attempt(self, chunks: list[Chunk], attempt: int) -> list[tuple[Generated, dict[str, Any]]]:
+    def _attempt(self, chunks: list[Chunk], attempt: int) -> list[Attempt]:
         """One generation of every chunk (one batch), each checked by QA."""
+        for chunk in chunks:
+            log.info("job %s: chunk %d started (attempt %d)", self.job_id, chunk.index, attempt + 1)
         started = time.perf_counter()
         results = self.model.generate_batch(
             [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
             top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.manifest.job_id, c.index, attempt) for c in chunks])
-        log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.manifest.job_id,
+            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks])
+        log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
                  len(chunks), attempt + 1, time.perf_counter() - started,
                  sum(len(r.audio) / r.sample_rate for r in results))
         checked = []

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from num2words import num2words
 
-__all__ = ["Chunk", "chunk_text", "estimate_tokens", "positions_needed", "speakable", "split_sentences"]
+__all__ = ["Chunk", "chunk_text", "estimate_tokens", "first_chunk_guess", "positions_needed", "speakable",
+           "split_sentences"]
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
@@ -199,6 +200,15 @@ def chunk_text(text: str, max_chars: int = 300, first_chunk_chars: int = 0) -> l
             pieces = [piece for s in sentences for piece in _pieces(s, max_chars)]
         chunks.extend(_pack(pieces, max_chars, len(chunks)))
     return chunks
+
+
+def first_chunk_guess(text: str, max_chars: int = 300, first_chunk_chars: int = 0) -> Chunk | None:
+    """chunk_text's first chunk as planned from the opening of the first paragraph only (milliseconds, where the whole
+    plan of a long text takes a second): right unless the opening is cut inside the first chunk's sentences, so a
+    caller compares it with the plan before keeping what it made of it."""
+    opening = next((p.strip() for p in text.split("\n\n") if p.strip()), "")[: 4 * max_chars]
+    chunks = chunk_text(opening, max_chars, first_chunk_chars) if opening else []
+    return chunks[0] if chunks else None
 
 
 def estimate_tokens(text: str) -> int:
