@@ -81,13 +81,22 @@ def _run(args: argparse.Namespace) -> int:
 
         settings = Settings() if args.command == "serve" else stack_state.cli_settings()
         return keys_cli.run_serve(args, settings) if args.command == "serve" else keys_cli.run_keys(args, settings)
+    from producer.books import cli as book_cli
+
     request = None
-    if args.command == "submit":  # parsed once, here: bad input is refused before connecting anywhere
+    book = args.command == "submit" and book_cli.is_book_submit(args)
+    if args.command == "submit" and not book:  # parsed once, here: bad input is refused before connecting anywhere
         request = NarrationRequest.parse(_request_fields(args), voice_upload_pending=args.voice_prompt is not None)
     from producer import stack_state
+    from producer.books.client import BookClient
     from producer.client import NarrationClient
 
     client = NarrationClient(stack_state.cli_settings())
+    books = BookClient(client)
+    if book:
+        return book_cli.submit_book(args, books)
+    if args.command in ("status", "wait", "cancel", "retry", "download") and books.books.exists(args.job_id):
+        return book_cli.run_book_command(args, books)
     if request is not None:
         job = client.submit(request, voice_prompt=args.voice_prompt)
         if not args.wait:

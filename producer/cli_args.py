@@ -15,7 +15,9 @@ __all__ = ["build_parser"]
 def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="enqueue a narration job and print its id")
     p.add_argument("text", nargs="?", help="the text to narrate (or use --file)")
-    p.add_argument("--file", help="read the text from a UTF-8 file (- for stdin)")
+    p.add_argument("--file", help="read the text from a UTF-8 file (- for stdin); an .epub is a book")
+    p.add_argument("--book", action="store_true",
+                   help="--file is a book (Markdown or text): one job per chapter, assembled into an M4B")
     p.add_argument("--speaker", type=int, help=f"speaker id (default {DEFAULT_SPEAKER_ID})")
     p.add_argument("--temperature", type=float,
                    help=f"sampling temperature, > 0 and <= 2 (default {DEFAULT_TEMPERATURE})")
@@ -56,16 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_submit(sub)
-    for name, help_text in (("status", "show a job"), ("cancel", "cancel a queued or running job"),
-                            ("retry", "queue a failed or expired job again; it resumes from its stored chunks")):
+    for name, help_text in (("status", "show a job or a book"), ("cancel", "cancel a queued or running job or book"),
+                            ("retry", "queue a failed or expired job (or a book's failed parts) again; it resumes "
+                                      "from its stored chunks")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job_id")
         p.add_argument("--json", action="store_true")
-    p = sub.add_parser("wait", help="wait for a job with a progress bar; non-zero exit unless it succeeded")
+    p = sub.add_parser("wait", help="wait for a job (or book) with progress; non-zero exit unless it succeeded")
     p.add_argument("job_id")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("download", help="save a succeeded job's narration")
+    p = sub.add_parser("download", help="save a succeeded job's narration (a book's M4B)")
     p.add_argument("job_id")
     p.add_argument("-o", "--output", required=True, help="where to write the audio file")
     p = sub.add_parser("list", help="recent jobs, newest first")

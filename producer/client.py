@@ -49,13 +49,14 @@ class NarrationClient:
         return app
 
     def submit(self, request: NarrationRequest | dict[str, Any], voice_prompt: str | Path | None = None,
-               tenant: str | None = None, max_queued: int = 0) -> Job:
+               tenant: str | None = None, max_queued: int = 0, book: tuple[str, str] | None = None) -> Job:
         """Validate (unless already parsed), record and enqueue. A reused idempotency key returns the job it created.
 
         `voice_prompt` is a recording (0.5-20 s) of the voice to narrate in; the request's `voice_text` says
         what it says. It is stored before the job is recorded, so a bad file enqueues nothing. `tenant` owns the
         job (the HTTP API's callers); `max_queued` caps the jobs that tenant may have queued at once. A webhook URL
-        whose host resolves to a private address is refused (unless ECHOFORGE_WEBHOOK_ALLOW_PRIVATE).
+        whose host resolves to a private address is refused (unless ECHOFORGE_WEBHOOK_ALLOW_PRIVATE). `book` is
+        (book id, part) for a book's job (producer/books/).
         """
         if not isinstance(request, NarrationRequest):
             request = NarrationRequest.parse(request, voice_upload_pending=voice_prompt is not None)
@@ -67,7 +68,7 @@ class NarrationClient:
             request = request.with_voice_prompt(upload_voice_prompt(voice_prompt, open_storage(self.settings)))
         elif request.voice_text and not request.voice_prompt_sha256:
             raise InvalidRequestError("voice_text needs its recording (the voice prompt file)")
-        job, created = self.jobs.create(request, self.settings.queue, tenant, max_queued)
+        job, created = self.jobs.create(request, self.settings.queue, tenant, max_queued, book)
         if not created:
             if job.request.get("text_sha256", request.text_sha256()) != request.text_sha256() or (
                     "text" in job.request and job.request["text"] != request.text):
@@ -94,6 +95,10 @@ class NarrationClient:
             raise SubmitError(f"job {job_id}: could not enqueue on {where}") from e
         self.jobs.mark_sent(job_id)
         log.info("job %s: queued on %s", job_id, self.settings.queue)
+
+    def send_task(self, name: str, args: list[Any], queue: str) -> None:
+        """Send another task by name (e.g. a book's assembly to the service worker's queue)."""
+        self._celery.send_task(name, args=args, queue=queue)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job; with `tenant`, only if that tenant owns it (else JobNotFoundError)."""

@@ -38,6 +38,8 @@ class Job:
     error: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier ends, each undone by `echoforge retry`
     tenant: str | None = None  # the API tenant that owns it; None for jobs submitted by operators (CLI, client)
+    book_id: str | None = None  # the book this job narrates a part of
+    book_part: str | None = None  # which part: "anchor" (the book's voice) or a chapter's index
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -63,6 +65,8 @@ class Job:
             error=obj("error"),
             history=obj("history") or [],
             tenant=data.get("tenant") or None,
+            book_id=data.get("book_id") or None,
+            book_part=data.get("book_part") or None,
         )
 
     def narration_request(self) -> NarrationRequest:
@@ -97,4 +101,5 @@ class Job:
             "result": self.result,
             "error": self.error,
             "history": self.history,
+            **({"book": {"id": self.book_id, "part": self.book_part}} if self.book_id else {}),
         }

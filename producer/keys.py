@@ -70,10 +70,33 @@ CHUNK_OBJECT = "chunks/{index:05d}.wav"
 CAPTIONS_OBJECTS = {"srt": "captions.srt", "vtt": "captions.vtt"}
 # Voice prompts uploaded by clients: <prefix>/voices/<sha256>.wav (content-addressed, never user text).
 VOICES_FOLDER = "voices"
+# Books (producer/books/). The Celery queue and task of assembly (the service worker consumes it, never a GPU worker).
+BOOK_QUEUE = "echoforge.books"
+BOOK_ASSEMBLE_TASK = "echoforge.books.assemble"
+# One book (hash: tenant, title, author, options, its chapters' titles, the job of each part as `job:<part>`, the
+# voice anchor, and once decided its final state, result or error): echoforge:book:<book_id>; the sorted set of
+# every book id by creation time; the set of parts whose narration is finished: echoforge:book:<book_id>:finished;
+# the assembly's lock: echoforge:book:<book_id>:assembling.
+BOOK_KEY_PREFIX = "echoforge:book:"
+BOOK_INDEX_KEY = "echoforge:books"
+# A book's objects: <prefix>/books/<book_id>/ (its source, cover, M4B, captions and manifest).
+BOOKS_FOLDER = "books"
 
 
 def job_key(job_id: str) -> str:
     return JOB_KEY_PREFIX + job_id
+
+
+def book_key(book_id: str) -> str:
+    return BOOK_KEY_PREFIX + book_id
+
+
+def book_finished_key(book_id: str) -> str:
+    return f"{BOOK_KEY_PREFIX}{book_id}:finished"
+
+
+def book_assembly_lock_key(book_id: str) -> str:
+    return f"{BOOK_KEY_PREFIX}{book_id}:assembling"
 
 
 def job_lock_key(job_id: str) -> str:

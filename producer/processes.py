@@ -88,7 +88,7 @@ def celery_command(*args: str, app: str = "worker.app") -> list[str]:
 
 
 def webhook_worker_command(*args: str, concurrency: int = 16) -> list[str]:
-    """The webhook worker: its own queue, the threads pool (deliveries wait on the network, and the relay and metrics
-    live in the same process)."""
-    return celery_command("worker", "--queues", keys.WEBHOOK_QUEUE, "--pool", "threads", "--concurrency",
-                          str(concurrency), *args, app=WEBHOOK_APP)
+    """The service worker (webhooks and book assembly): its own queues, the threads pool (deliveries wait on the
+    network, and the relay and metrics live in the same process)."""
+    return celery_command("worker", "--queues", f"{keys.WEBHOOK_QUEUE},{keys.BOOK_QUEUE}", "--pool", "threads",
+                          "--concurrency", str(concurrency), *args, app=WEBHOOK_APP)

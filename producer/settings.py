@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     overloaded_retry_after_s: float = Field(default=10.0, ge=1.0, le=3600.0)
     # The largest POST /v1/voices body (the recording and its form fields) taken; a larger one is refused (413).
     max_voice_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    # Books (producer/books/): the most characters a book may hold (titles and texts; each chapter is a job, so
+    # a longer chapter is split into parts of at most 100,000), and the largest book file the API takes (413).
+    max_book_chars: int = Field(default=5_000_000, ge=1_000, le=100_000_000)
+    max_book_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=64 * 1024, le=2 * 1024 * 1024 * 1024)
 
     # Webhooks (producer/webhooks/). URLs whose host resolves to a loopback, private, link-local, reserved,
     # multicast or metadata address are refused (at submit and at each delivery) unless this is on.

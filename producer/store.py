@@ -86,11 +86,11 @@ class JobStore:
     # ---- records --------------------------------------------------------------------------------------------------
 
     def create(self, request: NarrationRequest, queue: str, tenant: str | None = None,
-               max_queued: int = 0) -> tuple[Job, bool]:
+               max_queued: int = 0, book: tuple[str, str] | None = None) -> tuple[Job, bool]:
         """A new queued job, or (existing job, False) when its idempotency key was used before.
 
         A tenant's jobs are listed in its own index; with `max_queued` > 0 a tenant at that many queued jobs is
-        refused (QUOTA_EXCEEDED).
+        refused (QUOTA_EXCEEDED). `book` is (book id, part) for a job that narrates part of a book.
         """
         job_id, now = uuid.uuid4().hex, time.time()
         idem = keys.idempotency_key(request.idempotency_key, tenant) if request.idempotency_key else ""
@@ -104,6 +104,8 @@ class JobStore:
         }
         if tenant:
             fields["tenant"] = tenant
+        if book:
+            fields["book_id"], fields["book_part"] = book
         if request.queue_ttl_s:
             fields["expires_at"] = repr(now + request.queue_ttl_s)
         if idem:

@@ -63,6 +63,8 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
         log.info("job %s: canceled; its chunks were deleted", job_id)
         return JobState.CANCELED
     result, progress = outcome.result or {}, outcome.progress or {}
+    if job.book_id:
+        rt.books.part_narrated(job, result)
     rt.jobs.succeed(job_id, result, request, rt.model_info(), **progress)
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])

@@ -6,8 +6,11 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+from producer.books.client import BookClient
+from producer.client import NarrationClient
 from producer.settings import Settings
 from producer.storage import Storage, open_storage
 from producer.store import JobStore
@@ -25,6 +28,11 @@ class Runtime:
     objects: Storage  # chunks, narrations, captions, manifests
     model: SpeechModel | None
     model_error: str | None = None  # why there is no model
+
+    @cached_property
+    def books(self) -> BookClient:
+        """Books' bookkeeping when a job narrates part of one (enqueues chapters, sends the assembly)."""
+        return BookClient(NarrationClient(self.settings))
 
     def model_info(self) -> dict[str, Any]:
         """What a job record says about the model that runs it (read live: e.g. a graph capture that failed)."""

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from producer.api import narrations, openai_speech, voices, webhooks
+from producer.api import books, narrations, openai_speech, voices, webhooks
 from producer.api.metrics import ApiMetrics, RequestMetrics
 from producer.api.problems import Problem, handle_error, problem
 from producer.api.studio import mount_studio
@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.include_router(narrations.router)
     app.include_router(voices.router)
+    app.include_router(books.router)
     app.include_router(webhooks.router)
     app.include_router(openai_speech.router)
     mount_studio(app)

@@ -1,4 +1,6 @@
-"""The webhook worker: `celery -A producer.webhooks.app worker -Q echoforge.webhooks --pool threads --concurrency 16`.
+"""The service worker: `celery -A producer.webhooks.app worker -Q echoforge.webhooks,echoforge.books --pool threads`.
+
+It delivers webhooks and assembles books (producer/books/tasks.py), work that is not narration.
 
 The composition root of webhook delivery: the deliver task on its own queue (never a GPU worker's), the relay and
 the metrics server in the worker's main process. No torch, nothing from worker/.
@@ -62,7 +64,7 @@ class WebhookWorker:
 settings = Settings()
 app = Celery("echoforge-webhooks", set_as_current=True)
 app.conf.update(celery_config(settings))
-app.conf.update(task_default_queue=keys.WEBHOOK_QUEUE)
+app.conf.update(task_default_queue=keys.WEBHOOK_QUEUE, include=["producer.books.tasks"])
 webhooks = WebhookWorker(app, settings)
 webhooks.connect()
 

@@ -82,9 +82,9 @@ def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, storage: St
                                       first_chunk_chars: int) -> tuple[list[Chunk], list[Attempt] | None]:
     """The job's chunk plan, and the first chunk's generation when it could start before the plan was done.
 
-    Planning a long text takes a while (9 KB: 125-200 ms, mostly sentence splitting), so a fresh job without a voice prompt
-    guesses its first chunk from the text's opening, plans the rest on another thread meanwhile, and keeps that
-    generation only if the plan's first chunk is the one guessed.
+    Planning a long text takes a while (9 KB: 125-200 ms, mostly sentence splitting), so a fresh job without a voice
+    prompt guesses its first chunk from the text's opening, plans the rest on another thread meanwhile, and keeps
+    that generation only if the plan's first chunk is the one guessed.
     """
     request, job_id = synthesizer.request, synthesizer.job_id
     planning = _PLANNER.submit(chunk_text, request.text, max_chunk_chars, first_chunk_chars)
