@@ -95,15 +95,18 @@ class AudioEncoder:
         self._closed = False
 
     @classmethod
-    def open(cls, fmt: str, sample_rate: int, sink: BinaryIO) -> AudioEncoder:
-        """An encoder for `fmt` taking samples at `sample_rate`, writing to `sink` (needs only `write`, except m4a)."""
+    def open(cls, fmt: str, sample_rate: int, sink: BinaryIO,
+             container_options: dict[str, str] | None = None) -> AudioEncoder:
+        """An encoder for `fmt` taking samples at `sample_rate`, writing to `sink` (needs only `write`, except m4a);
+        `container_options` add to the muxer's own (an M4B's brand, say)."""
         import av
 
         spec = audio_format(fmt)
         if not spec.streamable and not is_seekable(sink):
             raise InvalidRequestError(f"{spec.name} cannot be streamed: it writes its index at the end, so it needs "
                                       "a seekable file; stream aac (ADTS) instead")
-        container = av.open(sink, "w", format=spec.container, container_options=_CONTAINER_OPTIONS)
+        options = _CONTAINER_OPTIONS | (container_options or {})
+        container = av.open(sink, "w", format=spec.container, container_options=options)
         try:
             stream = container.add_stream(spec.codec, rate=spec.sample_rate or sample_rate, options=_CODEC_OPTIONS)
             if not isinstance(stream, av.AudioStream):
@@ -116,6 +119,11 @@ class AudioEncoder:
             container.close()
             raise
         return cls(spec, container, stream, sample_rate)
+
+    @property
+    def container(self) -> OutputContainer:
+        """The muxer, for what must be set before the first `write`: its tags (`metadata`) and chapters."""
+        return self._container
 
     def write(self, samples: np.ndarray) -> None:
         """Encode more samples (float32 in [-1, 1], mono); encoded bytes go to the sink as packets complete."""
