@@ -64,12 +64,18 @@ def _wait(books: BookClient, book_id: str, ready: Callable[[dict[str, Any]], boo
 
 
 def _m4b_chapters(path: Path) -> list[tuple[str, float, float]]:
-    """The M4B's chapters as a player's demuxer (FFmpeg's, through PyAV) reads them: (title, start_s, end_s)."""
+    """The M4B's chapters as a player's demuxer (FFmpeg's, through PyAV) reads them: (title, start_s, end_s); and
+    mutagen (the Nero chapter list) reads the same titles and starts."""
     import av
+    import mutagen.mp4
 
     with av.open(str(path)) as container:
-        return [(c["metadata"].get("title", ""), float(c["start"] * c["time_base"]), float(c["end"] * c["time_base"]))
-                for c in container.chapters()]
+        found = [(c["metadata"].get("title", ""), float(c["start"] * c["time_base"]),
+                  float(c["end"] * c["time_base"])) for c in container.chapters()]
+    nero = mutagen.mp4.MP4(str(path)).chapters or []
+    assert [c.title for c in nero] == [t for t, _, _ in found]
+    assert all(abs(c.start - s) <= 0.002 for c, (_, s, _) in zip(nero, found, strict=True))
+    return found
 
 
 def test_an_epub_becomes_one_m4b_with_a_marker_per_chapter_narrated_on_two_workers(
