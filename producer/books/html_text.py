@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree, html
 
-from producer.books.source import clean
+from producer.books.source_model import clean
 
 __all__ = ["HEADINGS", "HtmlText", "html_text"]
 

@@ -17,7 +17,7 @@ from ebooklib import ITEM_COVER, epub
 from lxml import etree
 
 from producer.books.html_text import HEADINGS, html_text
-from producer.books.source import BookDraft, SourceChapter, book_error, clean, join_paragraphs
+from producer.books.source_model import BookDraft, SourceChapter, book_error, clean, join_paragraphs
 
 __all__ = ["FONT_OBFUSCATION", "MAX_UNPACKED_BYTES", "read_epub"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from producer.books.source import BookDraft, SourceChapter, clean, has_words, join_paragraphs
+from producer.books.source_model import BookDraft, SourceChapter, clean, has_words, join_paragraphs
 
 __all__ = ["read_markdown"]
 

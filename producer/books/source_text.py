@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from itertools import pairwise
 
-from producer.books.source import BookDraft, SourceChapter, clean, has_words, join_paragraphs
+from producer.books.source_model import BookDraft, SourceChapter, clean, has_words, join_paragraphs
 
 __all__ = ["is_heading", "read_text"]
 
