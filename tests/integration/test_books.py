@@ -198,3 +198,42 @@ def _drm_epub() -> bytes:
             '<enc:CipherData><enc:CipherReference URI="EPUB/chapter-0.xhtml"/></enc:CipherData>'
             '</enc:EncryptedData></encryption>'))
     return buffer.getvalue()
+
+
+def test_a_book_uploaded_over_http_is_the_tenants_alone_and_its_characters_are_charged(
+    client: NarrationClient, settings: Settings, start_api: Callable[..., str],
+    start_worker: Callable[..., services.Worker], start_webhook_worker: Callable[..., services.Worker],
+) -> None:
+    import httpx
+    import redis
+
+    from producer.api_keys import ApiKeyStore
+
+    def auth(tenant: str) -> dict[str, str]:
+        _, token = ApiKeyStore(redis.Redis.from_url(settings.redis_url)).create(tenant)
+        return {"Authorization": f"Bearer {token}"}
+
+    start_worker(settings)
+    start_webhook_worker(settings)
+    acme, other = auth("acme"), auth("other")
+    markdown = "# Short Book\n\n" + "".join(f"## Part {n}\n\n{PARAGRAPH}\n\n" for n in (1, 2))
+    with httpx.Client(base_url=start_api(settings, {"ECHOFORGE_TENANT_MAX_CHARS_PER_DAY": "5000"}),
+                      timeout=30) as api:
+        posted = api.post("/v1/books", files={"file": ("short.md", markdown.encode(), "text/markdown")},
+                          data={"output_format": "flac"}, headers=acme)
+        assert posted.status_code == 202, posted.text
+        book = posted.json()
+        assert posted.headers["location"] == f"/v1/books/{book['id']}" and book["title"] == "Short Book"
+        assert [c["title"] for c in book["chapters"]] == ["Part 1", "Part 2"] and book["tenant"] == "acme"
+        assert api.get(f"/v1/books/{book['id']}", headers=other).status_code == 404
+        assert api.post(f"/v1/books/{book['id']}/cancel", headers=other).status_code == 404
+        too_long = api.post("/v1/books", files={"file": ("long.txt", (PARAGRAPH * 40).encode(), "text/plain")},
+                            headers=acme)
+        assert too_long.status_code == 429 and too_long.json()["code"] == "quota_exceeded", too_long.text
+        bad = api.post("/v1/books", files={"file": ("notes.pdf", b"%PDF-1.7", "application/pdf")}, headers=acme)
+        assert bad.status_code == 422 and "not a book file" in bad.json()["detail"], bad.text
+        final = _wait(BookClient(client), book["id"], lambda s: s["state"] in ("succeeded", "failed"))
+        assert final["state"] == "succeeded", final["error"]
+        chapter = client.get(final["chapters"][0]["job"])
+        assert chapter.tenant == "acme" and chapter.result["format"] == "flac"  # type: ignore[index]
+        assert api.get(f"/v1/books/{book['id']}", headers=acme).json()["result"]["key"].endswith("book.m4b")
