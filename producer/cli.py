@@ -109,6 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "wait":
         job = wait_with_progress(client, args.job_id, args.timeout)
         return _finish(job, args.json) if job.state.is_terminal else EXIT_JOB_UNSUCCESSFUL
+    if args.command == "rerender":
+        job = client.rerender(args.job_id, args.chunks, args.text)
+        if not args.wait:
+            _print_job(job, args.json)
+            return EXIT_OK
+        return _finish(wait_with_progress(client, job.id, None), args.json)
     if args.command in ("cancel", "retry"):
         _print_job(client.cancel(args.job_id) if args.command == "cancel" else client.retry(args.job_id), args.json)
         return EXIT_OK

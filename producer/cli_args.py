@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job_id")
         p.add_argument("--json", action="store_true")
+    p = sub.add_parser("rerender", help="make some chunks of a succeeded job again (maybe with corrected text); "
+                                        "its narration, and its book's M4B, are replaced by the new version")
+    p.add_argument("job_id")
+    p.add_argument("--chunk", dest="chunks", type=int, action="append", required=True,
+                   help="a chunk's index (see the manifest or the captions); repeat for several")
+    p.add_argument("--text", help="the corrected text of that one chunk (default: its text, on a new seed)")
+    p.add_argument("--wait", action="store_true", help="wait for the new version, with a progress bar")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("wait", help="wait for a job (or book) with progress; non-zero exit unless it succeeded")
     p.add_argument("job_id")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")

@@ -14,9 +14,9 @@ import redis
 
 from producer import keys
 from producer.celery_config import celery_config, send_job
-from producer.errors import InvalidRequestError, JobNotReadyError, SubmitError
+from producer.errors import InvalidRequestError, JobNotReadyError, JobStateError, SubmitError
 from producer.job import Job
-from producer.request import DEFAULT_PRIORITY, NarrationRequest
+from producer.request import DEFAULT_PRIORITY, NarrationRequest, rerender_edit
 from producer.settings import Settings, redact_url
 from producer.states import JobState
 from producer.storage import open_storage
@@ -86,6 +86,19 @@ class NarrationClient:
         self._enqueue(job.id, job.request.get("priority", DEFAULT_PRIORITY))
         return job
 
+    def rerender(self, job_id: str, chunks: list[int], text: str | None = None, tenant: str | None = None) -> Job:
+        """Queue a succeeded job again to make `chunks` anew (one chunk may get corrected `text`), after the job's
+        same voice anchor and on new seeds; its narration (and its book's M4B) is then replaced by the new version.
+        Everything is checked before the job is touched."""
+        job = self.jobs.get(job_id, tenant)
+        if job.state is not JobState.SUCCEEDED or not job.result:
+            raise JobStateError(f"job {job_id} cannot be re-rendered: it is {job.state.value} (only a succeeded "
+                                "job can)")
+        edit = rerender_edit(chunks, text, int(job.result["chunks"]), self.settings.max_chunk_chars)
+        job = self.jobs.rerender(job_id, edit)
+        self._enqueue(job.id, job.request.get("priority", DEFAULT_PRIORITY))
+        return job
+
     def _enqueue(self, job_id: str, priority: int) -> None:
         try:
             send_job(self._celery, job_id, self.settings.queue, priority)
@@ -147,7 +160,11 @@ class NarrationClient:
                       if any(queue.get("name") == self.settings.queue for queue in queues or []))
 
     def cancel(self, job_id: str, tenant: str | None = None) -> Job:
-        self.jobs.get(job_id, tenant)
+        """Cancel a queued or running job (a re-render is not: it replaces a finished narration, and runs to its end
+        rather than leave the job without one)."""
+        job = self.jobs.get(job_id, tenant)
+        if job.rerender and not job.state.is_terminal:
+            raise JobStateError(f"job {job_id} is re-rendering; a re-render cannot be canceled")
         return self.jobs.cancel(job_id)
 
     def list(self, limit: int = 20, state: JobState | None = None, tenant: str | None = None,

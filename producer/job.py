@@ -40,6 +40,7 @@ class Job:
     tenant: str | None = None  # the API tenant that owns it; None for jobs submitted by operators (CLI, client)
     book_id: str | None = None  # the book this job narrates a part of
     book_part: str | None = None  # which part: "anchor" (the book's voice) or a chapter's index
+    rerender: dict[str, Any] | None = None  # the latest re-render asked for: {chunks, text}
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Job:
@@ -67,6 +68,7 @@ class Job:
             tenant=data.get("tenant") or None,
             book_id=data.get("book_id") or None,
             book_part=data.get("book_part") or None,
+            rerender=obj("rerender"),
         )
 
     def narration_request(self) -> NarrationRequest:
@@ -102,4 +104,5 @@ class Job:
             "error": self.error,
             "history": self.history,
             **({"book": {"id": self.book_id, "part": self.book_part}} if self.book_id else {}),
+            **({"rerender": self.rerender} if self.rerender else {}),
         }

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_WEBHOOK_URL_CHARS",
     "NarrationRequest",
     "normalize_text",
+    "rerender_edit",
 ]
 
 MAX_TEXT_CHARS = 100_000
@@ -200,3 +201,23 @@ def _invalid(error: ValidationError) -> InvalidRequestError:
     return InvalidRequestError("invalid narration request: " + "; ".join(f"{f}: {m}" for f, m in fields), fields)
 
 
+
+
+def rerender_edit(chunks: list[int], text: str | None, chunks_total: int, max_chars: int) -> dict[str, Any]:
+    """A re-render's edit, checked: chunk indices of the job (0 .. chunks_total - 1), and at most one new text, for
+    a single chunk, normalized as a request's text and at most `max_chars` characters."""
+    if not chunks or not all(isinstance(i, int) and not isinstance(i, bool) for i in chunks):
+        raise InvalidRequestError("name the chunks to re-render (their indices)", [("chunks", "a list of indices")])
+    outside = [i for i in chunks if not 0 <= i < chunks_total]
+    if outside:
+        raise InvalidRequestError(f"chunk {outside[0]} is not one of the job's chunks (0-{chunks_total - 1})",
+                                  [("chunks", f"{outside[0]} is out of range")])
+    if text is None:
+        return {"chunks": sorted(set(chunks)), "text": None}
+    if len(set(chunks)) != 1:
+        raise InvalidRequestError("a corrected text replaces one chunk: name exactly one", [("text", "one chunk")])
+    normalized = NarrationRequest.parse({"text": text}).text
+    if len(normalized) > max_chars:
+        raise InvalidRequestError(f"the corrected text has {len(normalized)} characters; a chunk holds at most "
+                                  f"{max_chars}", [("text", f"at most {max_chars} characters")])
+    return {"chunks": [chunks[0]], "text": normalized}

@@ -77,6 +77,9 @@ CANCEL = _step("cancel", {QUEUED}, CANCELED, webhook_event="canceled")
 FINISH_CANCEL = _step("finish_cancel", {RUNNING}, CANCELED, webhook_event="canceled")
 EXPIRE = _step("expire", {QUEUED}, EXPIRED, deadline=Deadline.PASSED, webhook_event="expired")
 RETRY = _step("retry", {FAILED, EXPIRED}, QUEUED, retry=True, refuses_error=ErrorCode.INVALID_REQUEST)
+# A succeeded job queued again to re-render some of its chunks (its record's `rerender` says which); its result
+# stays the current version until the new one replaces it.
+RERENDER = _step("rerender", {SUCCEEDED}, QUEUED, retry=True)
 
 TRANSITIONS: tuple[Transition, ...] = (START, PROGRESS, REQUEST_CANCEL, SUCCEED, FAIL, FAIL_TO_ENQUEUE, DEAD_LETTER,
-                                       CANCEL, FINISH_CANCEL, EXPIRE, RETRY)
+                                       CANCEL, FINISH_CANCEL, EXPIRE, RETRY, RERENDER)

@@ -147,7 +147,7 @@ class JobStore:
         Raises JobNotFoundError for a missing record.
         """
         if transition.retry:
-            return self._apply_retry(transition, job_id)
+            return self._apply_retry(transition, job_id, (fields or {}).get("rerender", ""))
         now = time.time()
         flat = [item for pair in (fields or {}).items() for item in pair]
         ttl = self.finished_ttl_s if transition.target.is_terminal else 0
@@ -160,7 +160,7 @@ class JobStore:
                   repr(self.webhook_progress_interval_s), *flat])
         return self._outcome(job_id, text(status), record)
 
-    def _apply_retry(self, transition: Transition, job_id: str) -> Job | None:
+    def _apply_retry(self, transition: Transition, job_id: str, edit: str) -> Job | None:
         job = self.get(job_id)
         ttl = job.request.get("queue_ttl_s")
         now = time.time()
@@ -169,7 +169,7 @@ class JobStore:
             keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.DEAD_LETTER_KEY, keys.UNSENT_JOBS_KEY,
                   *self._side_keys(job_id)],
             args=[transition.target.value, _csv(transition.sources), refused, repr(now),
-                  repr(now + ttl) if ttl else "", job_id])
+                  repr(now + ttl) if ttl else "", job_id, edit])
         return self._outcome(job_id, text(status), record)
 
     def _outcome(self, job_id: str, status: str, record: Any) -> Job | None:
@@ -205,10 +205,12 @@ class JobStore:
         """Record progress of a running job; the returned record tells whether a cancel was asked for."""
         return self.apply(states.PROGRESS, job_id, {"progress": _dumps(progress)})
 
-    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest, model: dict[str, Any],
-                **progress: Any) -> Job | None:
+    def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest | dict[str, Any],
+                model: dict[str, Any], **progress: Any) -> Job | None:
+        """The job succeeded: its request is kept without its text (a dict: already so, as after a re-render)."""
+        kept = request.without_text() if isinstance(request, NarrationRequest) else request
         fields = {"result": _dumps(result), "finished_at": repr(time.time()), "model": _dumps(model),
-                  "request": _dumps(request.without_text()), "progress": _dumps(progress)}
+                  "request": _dumps(kept), "progress": _dumps(progress)}
         return self.apply(states.SUCCEED, job_id, fields)
 
     def fail(self, job_id: str, code: ErrorCode, message: str, transition: Transition = states.FAIL) -> Job | None:
@@ -235,6 +237,15 @@ class JobStore:
             reason = "its request is invalid" if current.error and current.error.get("code") == \
                 ErrorCode.INVALID_REQUEST.value else f"it is {current.state.value}"
             raise JobStateError(f"job {job_id} cannot be retried: {reason} (only failed or expired jobs can)")
+        return job
+
+    def rerender(self, job_id: str, edit: dict[str, Any]) -> Job:
+        """Queue a succeeded job again to re-render the chunks `edit` names (and their new text); its earlier end is
+        kept in `history`. Raises JobStateError for a job in any other state."""
+        job = self.apply(states.RERENDER, job_id, {"rerender": _dumps(edit)})
+        if job is None:
+            raise JobStateError(f"job {job_id} cannot be re-rendered: it is {self.get(job_id).state.value} "
+                                "(only a succeeded job can)")
         return job
 
     def cancel(self, job_id: str) -> Job:

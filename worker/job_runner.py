@@ -7,11 +7,13 @@ import time
 from typing import Any
 
 from producer.errors import NarrationTimeoutError
+from producer.request import NarrationRequest
 from producer.states import JobState
 from worker.lock import JobLock
 from worker.metrics import WorkerMetrics
 from worker.models import CSMModelLoadError
 from worker.narration.narrate import Verdict, narrate
+from worker.narration.rerender import rerender
 from worker.runtime import Runtime
 
 __all__ = ["run_job"]
@@ -50,11 +52,17 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
         current = rt.jobs.progress(job_id, **progress)
         return "stop" if current is None else "cancel" if current.cancel_requested else "go"
 
-    request = job.narration_request()
-    log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
-    with rt.model.serving_job():
-        outcome = narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
-                          report, first_chunk_chars=rt.settings.first_chunk_chars)
+    if job.rerender:
+        request = NarrationRequest.parse({**_options(job.request), "text": "re-render"})
+        log.info("job %s: attempt %d on %s, re-rendering %s", job_id, job.attempts, worker, job.rerender["chunks"])
+        with rt.model.serving_job():
+            outcome = rerender(job_id, request, job.rerender, rt.model, rt.objects, report)
+    else:
+        request = job.narration_request()
+        log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
+        with rt.model.serving_job():
+            outcome = narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
+                              report, first_chunk_chars=rt.settings.first_chunk_chars)
     if outcome.verdict == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None
@@ -64,8 +72,13 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
         return JobState.CANCELED
     result, progress = outcome.result or {}, outcome.progress or {}
     if job.book_id:
-        rt.books.part_narrated(job, result)
-    rt.jobs.succeed(job_id, result, request, rt.model_info(), **progress)
+        rt.books.part_narrated(job, result, rerendered=bool(job.rerender))
+    rt.jobs.succeed(job_id, result, job.request if job.rerender else request, rt.model_info(), **progress)
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])
     return JobState.SUCCEEDED
+
+
+def _options(kept: dict[str, Any]) -> dict[str, Any]:
+    """A succeeded job's request as kept (its text replaced by its size and hash), less those two."""
+    return {k: v for k, v in kept.items() if k not in ("text_chars", "text_sha256")}

@@ -157,6 +157,28 @@ def retry_job(job_id: str, request: Request, key: Writer) -> dict[str, Any]:
     return _public(_client(request).retry(job_id, key.tenant))
 
 
+@router.post("/{job_id}/rerender", response_model=JobOut, status_code=202, responses=error_responses(
+    *_COMMON, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.INVALID_REQUEST),
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["chunks"], "properties": {
+            "chunks": {"type": "array", "items": {"type": "integer"}, "description": "the chunks to make again"},
+            "text": {"type": "string", "description": "the corrected text of that one chunk"}}}}}}})
+async def rerender_job(job_id: str, request: Request, key: Writer) -> dict[str, Any]:
+    """Make some chunks of a succeeded job again (one may get corrected text), after its same anchor, on new seeds;
+    its narration (and its book's M4B) is then replaced by the new version. Follow it as any job."""
+    body = await json_object(request, MAX_PAYLOAD_BYTES)
+    unknown = sorted(set(body) - {"chunks", "text"})
+    if unknown:
+        raise InvalidRequestError(f"{unknown[0]}: not a field of a re-render", [(unknown[0], "unknown field")])
+    text = body.get("text")
+    if text is not None and not isinstance(text, str):
+        raise InvalidRequestError("text: a string", [("text", "a string")])
+    chunks = body.get("chunks")
+    job = await run_in_threadpool(_client(request).rerender, job_id, chunks if isinstance(chunks, list) else [],
+                                  text, key.tenant)
+    return _public(job)
+
+
 def _finished(request: Request, job_id: str, key: ApiKey) -> Job:
     job = _client(request).get(job_id, key.tenant)
     if job.state is not JobState.SUCCEEDED or not job.result:

@@ -173,11 +173,14 @@ class BookClient:
         self.narrations.send_task(keys.BOOK_ASSEMBLE_TASK, [book_id], keys.BOOK_QUEUE)
         log.info("book %s: assembly sent", book_id)
 
-    def part_narrated(self, job: Job, result: dict[str, Any]) -> None:
+    def part_narrated(self, job: Job, result: dict[str, Any], rerendered: bool = False) -> None:
         """Called by the worker once a part's narration is delivered, before its job succeeds (so a worker that dies
         in between runs the part again and calls this again): the anchor becomes the book's voice and the chapters
-        are enqueued; the last chapter sends the assembly."""
+        are enqueued; the last chapter sends the assembly. A re-rendered chapter of an assembled book has the book
+        assembled again (its M4B replaced)."""
         assert job.book_id and job.book_part
+        if rerendered and job.book_part != ANCHOR and self.books.get(job.book_id).state is JobState.SUCCEEDED:
+            self.books.reopen(job.book_id)
         if job.book_part == ANCHOR:
             prompt = check_voice_prompt(self.storage.get_bytes(result["key"]) or b"", "voice anchor")
             self.books.set_fields(job.book_id, anchor={"sha256": store_voice_prompt(prompt, self.storage),

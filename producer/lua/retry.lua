@@ -3,7 +3,8 @@
 -- KEYS: 1 job hash, 2 events channel, 3 dead letters (zset), 4 unsent jobs (zset), 5 idempotency key ('' when none),
 --       6 its tenant's queued jobs (set; '' for no tenant)
 -- ARGV: 1 target state, 2 source states (comma separated), 3 an error code that forbids the retry, 4 now,
---       5 the new queue deadline ('' for none), 6 job id
+--       5 the new queue deadline ('' for none), 6 job id, 7 a re-render's edit (JSON; '' for a plain retry, which
+--       keeps the edit of a re-render that failed)
 -- Returns {'ok', the whole record flattened}, or {'missing' | 'refused', current state}.
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return {'missing', ''} end
@@ -19,6 +20,7 @@ table.insert(history, {state = current, error = err and cjson.decode(err) or cjs
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at', 'cancel_requested', 'expires_at')
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'attempts', '0', 'history', cjson.encode(history))
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'expires_at', ARGV[5]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'rerender', ARGV[7]) end
 redis.call('PERSIST', KEYS[1])
 if KEYS[5] ~= '' then redis.call('PERSIST', KEYS[5]) end
 redis.call('ZREM', KEYS[3], ARGV[6])

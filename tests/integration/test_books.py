@@ -237,3 +237,34 @@ def test_a_book_uploaded_over_http_is_the_tenants_alone_and_its_characters_are_c
         chapter = client.get(final["chapters"][0]["job"])
         assert chapter.tenant == "acme" and chapter.result["format"] == "flac"  # type: ignore[index]
         assert api.get(f"/v1/books/{book['id']}", headers=acme).json()["result"]["key"].endswith("book.m4b")
+
+
+def test_rerendering_a_chapters_chunk_replaces_the_books_m4b(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker],
+    start_webhook_worker: Callable[..., services.Worker], tmp_path: Path,
+) -> None:
+    start_worker(settings)
+    start_webhook_worker(settings)
+    books = BookClient(client)
+    path = tmp_path / "two.md"
+    path.write_text("# Two Parts\n\n" + "".join(f"## Part {n}\n\n{PARAGRAPH * 2}\n\n" for n in (1, 2)))
+    submitted = services.run_cli(settings, "submit", "--file", str(path), "--book", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    book_id = json.loads(submitted.stdout)["id"]
+    first = _wait(books, book_id, lambda s: s["state"] in ("succeeded", "failed"))
+    assert first["state"] == "succeeded", first["error"]
+    before = json.loads(_read(settings, first["result"]["manifest_key"]))["chapters"]
+
+    chapter = first["chapters"][0]["job"]
+    edited = services.run_cli(settings, "rerender", chapter, "--chunk", "1", "--text",
+                              "A much longer corrected sentence, read again in the book's own voice, slowly.")
+    assert edited.returncode == 0, edited.stderr
+    second = _wait(books, book_id, lambda s: s["state"] in ("succeeded", "failed") and s["finished_at"] !=
+                   first["finished_at"])
+    assert second["state"] == "succeeded", second["error"]
+    after = json.loads(_read(settings, second["result"]["manifest_key"]))["chapters"]
+    shift = after[0]["end_s"] - before[0]["end_s"]
+    assert abs(shift) > 0.1 and abs(after[1]["start_s"] - before[1]["start_s"] - shift) < 0.05
+    assert after[1]["text_sha256"] == before[1]["text_sha256"]
+    assert [k for k in _objects(settings, f"books/{book_id}/") if k.endswith(".m4b")] == \
+        [f"narrations/books/{book_id}/book.m4b"]

@@ -52,6 +52,15 @@ class Manifest:
         return manifest
 
     @classmethod
+    def load(cls, storage: Storage, job_id: str) -> Manifest:
+        """The job's stored manifest (a delivered job's: every chunk, its place in the narration, the result)."""
+        manifest = cls(storage, job_id, {})
+        raw = storage.get_bytes(manifest.key)
+        if not raw:
+            raise StorageError(f"job {job_id}: its manifest {storage.url_for(manifest.key)} is missing")
+        return cls(storage, job_id, json.loads(raw))
+
+    @classmethod
     def exists(cls, storage: Storage, job_id: str) -> bool:
         """Whether the job has a stored manifest (an earlier run stored chunks)."""
         return storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT)) is not None

@@ -25,7 +25,7 @@ from worker.narration.stitch import stitch
 from worker.narration.synthesis import Attempt, ChunkSynthesizer
 from worker.narration.text import Chunk, chunk_text, first_chunk_guess
 
-__all__ = ["NarrationOutcome", "ProgressHook", "Verdict", "narrate"]
+__all__ = ["NarrationOutcome", "ProgressHook", "Verdict", "narrate", "voice_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         resumed = len(manifest.chunks)
         log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
         if request.voice_prompt_sha256:
-            synthesizer.load_voice_prompt(*_voice_prompt(storage, request.voice_prompt_sha256))
+            synthesizer.load_voice_prompt(*voice_prompt(storage, request.voice_prompt_sha256))
         for chunk in _stored_in_order(plan, manifest, synthesizer, model.batch_size, early):
             phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
             verdict = on_progress(_progress(manifest, resumed, phase))
@@ -134,7 +134,7 @@ def _settings(request: NarrationRequest, max_chunk_chars: int, first_chunk_chars
             "sentence_pause_s": SENTENCE_PAUSE_S, "paragraph_pause_s": PARAGRAPH_PAUSE_S, "target_lufs": TARGET_LUFS}
 
 
-def _voice_prompt(storage: Storage, sha256: str) -> tuple[Any, int]:
+def voice_prompt(storage: Storage, sha256: str) -> tuple[Any, int]:
     key = voice_prompt_key(storage, sha256)
     data = storage.get_bytes(key)
     if data is None:

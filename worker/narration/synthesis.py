@@ -37,6 +37,7 @@ class ChunkSynthesizer:
         self.model, self.request, self.job_id, self.spool = model, request, job_id, spool
         self.anchor: Segment | None = None
         self._manifest: Manifest | None = None
+        self.seed_attempt = 0  # the attempt number of first tries' seeds (a re-render starts past the earlier ones)
 
     @property
     def manifest(self) -> Manifest:
@@ -75,9 +76,10 @@ class ChunkSynthesizer:
 
         Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever else shares its batch.
         """
-        first = self._attempt(chunks, 0)
+        first = self._attempt(chunks, self.seed_attempt)
         failed = [i for i, (_, qa) in enumerate(first) if qa["problems"]]
-        retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], 1), strict=True)) if failed else {}
+        retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], self.seed_attempt + 1),
+                           strict=True)) if failed else {}
         return [[first[i], *([retried[i]] if i in retried else [])] for i in range(len(chunks))]
 
     def store(self, chunks: list[Chunk], generated: list[list[Attempt]]) -> Iterator[dict[str, Any]]:
@@ -88,7 +90,7 @@ class ChunkSynthesizer:
                          number, len(result.audio) / result.sample_rate,
                          f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
             result, qa = attempts[-1]
-            seed = chunk_seed(self.job_id, chunk.index, len(attempts) - 1)
+            seed = chunk_seed(self.job_id, chunk.index, self.seed_attempt + len(attempts) - 1)
             entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
             self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
             self.manifest.record(entry)
