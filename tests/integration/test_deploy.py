@@ -65,7 +65,8 @@ def option(args: list[str], flag: str) -> str:
 
 
 # The webhook delivery worker, exactly as producer/webhooks runs it (compose and Kubernetes alike).
-WEBHOOK_WORKER = ["celery", "-A", "producer.webhooks.app", "worker", "-Q", keys.WEBHOOK_QUEUE, "--pool", "threads",
+WEBHOOK_WORKER = ["celery", "-A", "producer.webhooks.app", "worker", "-Q", f"{keys.WEBHOOK_QUEUE},{keys.BOOK_QUEUE}",
+                  "--pool", "threads",
                   "--concurrency", "16", "--hostname", "webhooks@%h"]
 
 
@@ -274,10 +275,13 @@ def test_compose_api_serves_on_its_published_port_with_a_health_check_the_app_an
 
 def test_compose_webhook_worker_consumes_the_webhook_queue_in_the_light_image() -> None:
     webhooks = compose()["services"]["webhooks"]
-    assert webhooks["command"] == WEBHOOK_WORKER and option(webhooks["command"], "-Q") == keys.WEBHOOK_QUEUE
+    assert webhooks["command"] == WEBHOOK_WORKER
+    assert option(webhooks["command"], "-Q") == f"{keys.WEBHOOK_QUEUE},{keys.BOOK_QUEUE}"
     assert webhooks["image"] == "echoforge-producer:latest"
     assert 'inspect ping --timeout 10 --destination "webhooks@$$HOSTNAME"' in webhooks["healthcheck"]["test"][-1]
-    assert set(webhooks["environment"]) == {"ECHOFORGE_REDIS_URL"}, "no storage or model secrets"
+    env = set(webhooks["environment"])
+    assert {"ECHOFORGE_STORAGE_URL", "AWS_SECRET_ACCESS_KEY"} <= env, "books: chapters in, M4B out"
+    assert not {"HF_TOKEN", "FLOWER_BASIC_AUTH"} & env, "no model or Flower secrets"
 
 
 def test_api_deployment_probes_paths_the_app_serves() -> None:
