@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from producer.errors import EchoForgeError, ErrorCode, InvalidRequestError
 from producer.job import Job
+from producer.lexicon import read_lexicon
 from producer.progress import wait_with_progress
 from producer.request import NarrationRequest
 from producer.settings import Settings
@@ -35,7 +36,8 @@ def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
     text = args.text if args.text is not None else _read_text(args.file)
     fields = {"text": text, "speaker_id": args.speaker, "temperature": args.temperature, "top_k": args.top_k,
               "output_format": args.format, "priority": args.priority,
-              "idempotency_key": args.idempotency_key, "queue_ttl_s": args.queue_ttl, "voice_text": args.voice_text}
+              "idempotency_key": args.idempotency_key, "queue_ttl_s": args.queue_ttl, "voice_text": args.voice_text,
+              "lexicon": read_lexicon(args.lexicon) if args.lexicon else None}
     return {k: v for k, v in fields.items() if v is not None}
 
 

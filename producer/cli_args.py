@@ -28,6 +28,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-ttl", dest="queue_ttl", type=int, help="seconds the job may wait before it expires")
     p.add_argument("--voice-prompt", dest="voice_prompt", help="a 0.5-20 s recording of the voice to narrate in")
     p.add_argument("--voice-text", dest="voice_text", help="the transcript of --voice-prompt")
+    p.add_argument("--lexicon", help="a pronunciation lexicon: .json (word -> respelling) or .tsv (word<TAB>"
+                   "respelling a line)")
     p.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 

@@ -26,6 +26,7 @@ from pydantic import (
 
 from producer.audio_formats import FormatName
 from producer.errors import InvalidRequestError
+from producer.lexicon import MAX_ENTRIES, MAX_RESPELLING_CHARS, MAX_WORD_CHARS, check_lexicon
 from producer.states import DEFAULT_WEBHOOK_EVENTS, WebhookEvent
 
 __all__ = [
@@ -93,6 +94,11 @@ class NarrationRequest(BaseModel):
                                           description="http(s) URL that gets a signed POST for each event asked for")
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
                                                description="the events to send; progress only when asked for")
+    lexicon: dict[StrictStr, StrictStr] | None = Field(
+        default=None, description="a pronunciation lexicon: word or phrase -> respelling, matched whole and "
+        f"case-insensitively, longest first; changes what the model reads, never the captions. At most {MAX_ENTRIES} "
+        f"entries; a word (at most {MAX_WORD_CHARS} characters) is letters, digits, apostrophes, hyphens, periods and "
+        f"single spaces; a respelling (at most {MAX_RESPELLING_CHARS}) has no digits or control characters")
 
     @field_validator("text")
     @classmethod
@@ -108,6 +114,11 @@ class NarrationRequest(BaseModel):
     @classmethod
     def _normalize_voice_text(cls, value: str | None) -> str | None:
         return None if value is None else normalize_text(value)
+
+    @field_validator("lexicon")
+    @classmethod
+    def _check_lexicon(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return (check_lexicon(value) or None) if value is not None else None
 
     @field_validator("webhook_url")
     @classmethod

@@ -17,6 +17,7 @@ from producer.audio_formats import FORMATS
 from producer.books.client import BookClient
 from producer.books.source import read_book
 from producer.errors import ErrorCode
+from producer.lexicon import parse_lexicon
 from producer.quotas import Quotas
 from producer.request import MAX_TEXT_CHARS
 
@@ -30,6 +31,7 @@ _COMMON = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED)
 _ONE = error_responses(*_COMMON, ErrorCode.NOT_FOUND)
 _FILE = ("the book: .epub (chapters from its spine and table of contents), .md (chapters at headings) or .txt "
          "(chapters at 'Chapter …' lines); at most ECHOFORGE_MAX_BOOK_UPLOAD_BYTES")
+_LEXICON = "a pronunciation lexicon every chapter shares: .json (word -> respelling) or .tsv (word<TAB>respelling)"
 
 
 def _books(request: Request) -> BookClient:
@@ -65,11 +67,15 @@ async def create_book(
         speaker_id: Annotated[int | None, Form()] = None,
         output_format: Annotated[str | None, Form(description=f"each chapter's file: {', '.join(FORMATS)}")] = None,
         voice_id: Annotated[str | None, Form(description="a saved voice (POST /v1/voices) to narrate in")] = None,
+        lexicon: Annotated[UploadFile | None, File(description=_LEXICON)] = None,
 ) -> JSONResponse:
     """A book: one narration per chapter in one voice, assembled into an M4B with a marker per chapter. Answers 202
     with the book's status; follow it with GET /v1/books/{id}."""
     data = await file.read()
-    options = {k: v for k, v in {"speaker_id": speaker_id, "output_format": output_format}.items() if v is not None}
+    options: dict[str, Any] = {k: v for k, v in {"speaker_id": speaker_id, "output_format": output_format}.items()
+                               if v is not None}
+    if lexicon is not None:
+        options["lexicon"] = parse_lexicon(await lexicon.read(), lexicon.filename or "lexicon")
     status = await run_in_threadpool(_submit, request, key.tenant, data, file.filename or "book", options, voice_id)
     return JSONResponse(status, status_code=202, headers={"Location": f"/v1/books/{status['id']}"})
 

@@ -13,6 +13,7 @@ from typing import Any
 from producer.books.client import BookClient
 from producer.books.source import read_book
 from producer.errors import InvalidRequestError, JobNotReadyError
+from producer.lexicon import read_lexicon
 from producer.request import MAX_TEXT_CHARS
 
 __all__ = ["is_book_submit", "run_book_command", "submit_book"]
@@ -33,7 +34,8 @@ def submit_book(args: argparse.Namespace, books: BookClient) -> int:
         raise InvalidRequestError(f"cannot read {path}: {e.strerror}") from e
     source = read_book(data, path.name, MAX_TEXT_CHARS, books.narrations.settings.max_book_chars)
     options = {"speaker_id": args.speaker, "temperature": args.temperature, "top_k": args.top_k,
-               "output_format": args.format, "priority": args.priority, "voice_text": args.voice_text}
+               "output_format": args.format, "priority": args.priority, "voice_text": args.voice_text,
+               "lexicon": read_lexicon(args.lexicon) if args.lexicon else None}
     book = books.submit(source, {k: v for k, v in options.items() if v is not None}, args.voice_prompt)
     if args.wait:
         return _follow(books, book.id, None, args.json)

@@ -27,7 +27,7 @@ __all__ = ["BOOK_OPTIONS", "BookClient", "anchor_text"]
 log = logging.getLogger(__name__)
 
 # The narration options a book takes; every part of it shares them.
-BOOK_OPTIONS = ("speaker_id", "temperature", "top_k", "output_format", "priority", "voice_text")
+BOOK_OPTIONS = ("speaker_id", "temperature", "top_k", "output_format", "priority", "voice_text", "lexicon")
 ANCHOR_CHARS = (80, 180)  # the voice anchor's text: whole sentences from the book's opening, this many characters
 
 

@@ -54,6 +54,9 @@ BAD_FIELDS: list[tuple[dict[str, object], str]] = [
     ({"text": "ok", "webhook_url": "https://user:pass@hooks.example.com/x"}, "webhook_url"),
     ({"text": "ok", "webhook_url": "https://hooks.example.com/" + "x" * 2048}, "webhook_url"),
     ({"text": "ok", "webhook_url": "https://hooks.example.com/x", "webhook_events": ["done"]}, "webhook_events"),
+    ({"text": "ok", "lexicon": {"Hermione": "her-my-oh-nee 2"}}, "lexicon: key 'Hermione': the respelling"),
+    ({"text": "ok", "lexicon": {"Ann": "an", "ANN": "ahn"}}, "lexicon: key 'ANN': 'ANN' repeats key 'Ann'"),
+    ({"text": "ok", "lexicon": ["Hermione", "her-my-oh-nee"]}, "lexicon"),
 ]
 
 

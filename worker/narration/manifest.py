@@ -15,7 +15,7 @@ from producer.storage import Storage
 __all__ = ["Manifest"]
 
 # The chunk plan depends on these settings: chunks stored under other values are not resumed.
-_PLAN_SETTINGS = ("max_chunk_chars", "first_chunk_chars")
+_PLAN_SETTINGS = ("max_chunk_chars", "first_chunk_chars", "lexicon_sha256")
 
 
 class Manifest:

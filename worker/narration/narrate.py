@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from producer.audio_formats import audio_format
 from producer.errors import StorageError
+from producer.lexicon import lexicon_sha256
 from producer.mastering import PARAGRAPH_PAUSE_S, SENTENCE_PAUSE_S, TARGET_LUFS
 from producer.request import NarrationRequest
 from producer.storage import Storage
@@ -87,10 +88,10 @@ def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, storage: St
     that generation only if the plan's first chunk is the one guessed.
     """
     request, job_id = synthesizer.request, synthesizer.job_id
-    planning = _PLANNER.submit(chunk_text, request.text, max_chunk_chars, first_chunk_chars)
+    planning = _PLANNER.submit(chunk_text, request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
     guess = None
     if not request.voice_prompt_sha256 and not Manifest.exists(storage, job_id):
-        guess = first_chunk_guess(request.text, max_chunk_chars, first_chunk_chars)
+        guess = first_chunk_guess(request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
     early = synthesizer.generate([guess])[0] if guess is not None else None
     plan = planning.result()
     if early is not None and plan[:1] != [guess]:
@@ -130,7 +131,8 @@ def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:
 def _settings(request: NarrationRequest, max_chunk_chars: int, first_chunk_chars: int) -> dict[str, Any]:
     return {"speaker_id": request.speaker_id, "temperature": request.temperature, "top_k": request.top_k,
             "output_format": request.output_format, "max_chunk_chars": max_chunk_chars,
-            "first_chunk_chars": first_chunk_chars,
+            "first_chunk_chars": first_chunk_chars, "lexicon": request.lexicon,
+            "lexicon_sha256": lexicon_sha256(request.lexicon) if request.lexicon else None,
             "sentence_pause_s": SENTENCE_PAUSE_S, "paragraph_pause_s": PARAGRAPH_PAUSE_S, "target_lufs": TARGET_LUFS}
 
 

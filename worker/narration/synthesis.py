@@ -128,6 +128,7 @@ class ChunkSynthesizer:
             "context_audio_frames": stats.context_audio_frames if stats is not None else None,
             "positions_budget": positions_needed(chunk.text, frame_budget(chunk.text),
                                                  self.anchor.text if self.anchor else "", anchor_frames),
+            **({"lexicon": list(chunk.lexicon)} if chunk.lexicon else {}),
         }
 
     def _store(self, index: int, data: bytes) -> None:

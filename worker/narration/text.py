@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from num2words import num2words
+
+from worker.narration.lexicon import Lexicon
 
 __all__ = ["Chunk", "chunk_text", "estimate_tokens", "first_chunk_guess", "positions_needed", "speakable",
            "split_sentences"]
@@ -87,8 +89,11 @@ RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
 ]
 
 
-def speakable(text: str) -> str:
-    """The sentence as CSM should read it: numbers, times, dates, money, symbols and abbreviations spelled out."""
+def speakable(text: str, lexicon: Lexicon | None = None) -> str:
+    """The sentence as CSM should read it: the lexicon's words respelled first (the respellings are then normalized
+    like any text), then numbers, times, dates, money, symbols and abbreviations spelled out."""
+    if lexicon is not None:
+        text = lexicon.respell(text)
     for abbreviation, spoken in ABBREVIATIONS.items():
         text = re.sub(rf"(?<!\w){re.escape(abbreviation)}", spoken, text)
     text = re.sub(r"\b([aApP])\.[mM]\.(?=\s+[A-Z]|\s*$)", r"\1m.", text)  # keeps the full stop
@@ -125,14 +130,21 @@ class Chunk:
     text: str  # what the model reads
     display: str  # the original words, for captions
     paragraph_end: bool  # a longer pause follows
+    lexicon: tuple[str, ...] = ()  # the lexicon words that changed `text`
 
 
-def _pieces(sentence: str, max_chars: int) -> list[str]:
+def _chunk(index: int, shown: list[str], spoken: list[str], paragraph_end: bool, lexicon: Lexicon | None) -> Chunk:
+    """A chunk of these pieces of text (`shown`), `spoken` being what the model reads for each."""
+    used = sorted(set().union(*(lexicon.used(piece) for piece in shown))) if lexicon is not None else []
+    return Chunk(index, " ".join(spoken), " ".join(shown), paragraph_end, tuple(used))
+
+
+def _pieces(sentence: str, max_chars: int, lexicon: Lexicon | None) -> list[str]:
     """A sentence whose spoken form is too long for one chunk: split at clause marks, between words, else anywhere.
 
     Every piece returned speaks in at most `max_chars` characters (a single character always does).
     """
-    if len(speakable(sentence)) <= max_chars or len(sentence) <= 1:
+    if len(speakable(sentence, lexicon)) <= max_chars or len(sentence) <= 1:
         return [sentence]
     parts = [p for p in re.split(r"(?<=[,;:])\s+", sentence) if p.strip()]
     if len(parts) == 1:
@@ -140,74 +152,79 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
         half = len(words) // 2
         parts = [" ".join(words[:half]), " ".join(words[half:])] if half else [
             sentence[: len(sentence) // 2], sentence[len(sentence) // 2:]]
-    return [piece for part in parts if part.strip() for piece in _pieces(part, max_chars)]
+    return [piece for part in parts if part.strip() for piece in _pieces(part, max_chars, lexicon)]
 
 
-def _said(pieces: list[str]) -> str:
+def _said(pieces: list[str], lexicon: Lexicon | None) -> str:
     """What the model reads for these pieces of text, one after another."""
-    return " ".join(speakable(piece) for piece in pieces)
+    return " ".join(speakable(piece, lexicon) for piece in pieces)
 
 
-def _lead(sentences: list[str], budget: int, max_chars: int) -> tuple[list[str], list[str]]:
+def _lead(sentences: list[str], budget: int, max_chars: int,
+          lexicon: Lexicon | None) -> tuple[list[str], list[str]]:
     """A paragraph's sentences split into the first chunk's pieces (its leading whole sentences while they fit in
     `budget` speakable characters, else the first sentence's leading clauses) and the pieces left for later chunks."""
     count = 0
-    while count < len(sentences) and len(_said(sentences[: count + 1])) <= budget:
+    while count < len(sentences) and len(_said(sentences[: count + 1], lexicon)) <= budget:
         count += 1
     head, left = sentences[:count], []
     if not count:
-        clauses = _pieces(sentences[0], budget)
+        clauses = _pieces(sentences[0], budget, lexicon)
         size = 1
-        while size < len(clauses) and len(_said(clauses[: size + 1])) <= budget:
+        while size < len(clauses) and len(_said(clauses[: size + 1], lexicon)) <= budget:
             size += 1
         head, left, count = clauses[:size], clauses[size:], 1
-    return head, left + [piece for s in sentences[count:] for piece in _pieces(s, max_chars)]
+    return head, left + [piece for s in sentences[count:] for piece in _pieces(s, max_chars, lexicon)]
 
 
-def _pack(pieces: list[str], max_chars: int, first_index: int) -> list[Chunk]:
+def _pack(pieces: list[str], max_chars: int, first_index: int, lexicon: Lexicon | None) -> list[Chunk]:
     """A paragraph's pieces packed in order into chunks of at most `max_chars` speakable characters."""
     chunks: list[Chunk] = []
     spoken: list[str] = []
     shown: list[str] = []
     for piece in pieces:
-        said = speakable(piece)
+        said = speakable(piece, lexicon)
         if spoken and len(" ".join([*spoken, said])) > max_chars:
-            chunks.append(Chunk(first_index + len(chunks), " ".join(spoken), " ".join(shown), False))
+            chunks.append(_chunk(first_index + len(chunks), shown, spoken, False, lexicon))
             spoken, shown = [], []
         spoken.append(said)
         shown.append(piece)
     if spoken:
-        chunks.append(Chunk(first_index + len(chunks), " ".join(spoken), " ".join(shown), True))
+        chunks.append(_chunk(first_index + len(chunks), shown, spoken, True, lexicon))
     return chunks
 
 
-def chunk_text(text: str, max_chars: int = 300, first_chunk_chars: int = 0) -> list[Chunk]:
+def chunk_text(text: str, max_chars: int = 300, first_chunk_chars: int = 0, *,
+               lexicon: Mapping[str, str] | None = None) -> list[Chunk]:
     """Sentence-aware chunks of at most `max_chars` speakable characters; chunks never cross a paragraph.
 
     With `first_chunk_chars` (0: off) the first chunk is short, so the first audio comes soon: the text's leading
     sentences that fit in that many speakable characters, or, when the first sentence alone is longer, its leading
-    clauses (split as a long sentence is); the rest of the paragraph is chunked as usual.
+    clauses (split as a long sentence is); the rest of the paragraph is chunked as usual. A `lexicon` (word or
+    phrase -> respelling) changes what the model reads, never `display`; each chunk lists the words it respelled.
     """
+    compiled = Lexicon(lexicon) if lexicon else None
     chunks: list[Chunk] = []
     for paragraph in (p.strip() for p in text.split("\n\n")):
         if not paragraph:
             continue
         sentences = split_sentences(paragraph.replace("\n", " "))
         if not chunks and first_chunk_chars and sentences:
-            head, pieces = _lead(sentences, min(first_chunk_chars, max_chars), max_chars)
-            chunks.append(Chunk(0, _said(head), " ".join(head), not pieces))
+            head, pieces = _lead(sentences, min(first_chunk_chars, max_chars), max_chars, compiled)
+            chunks.append(_chunk(0, head, [speakable(piece, compiled) for piece in head], not pieces, compiled))
         else:
-            pieces = [piece for s in sentences for piece in _pieces(s, max_chars)]
-        chunks.extend(_pack(pieces, max_chars, len(chunks)))
+            pieces = [piece for s in sentences for piece in _pieces(s, max_chars, compiled)]
+        chunks.extend(_pack(pieces, max_chars, len(chunks), compiled))
     return chunks
 
 
-def first_chunk_guess(text: str, max_chars: int = 300, first_chunk_chars: int = 0) -> Chunk | None:
+def first_chunk_guess(text: str, max_chars: int = 300, first_chunk_chars: int = 0, *,
+                      lexicon: Mapping[str, str] | None = None) -> Chunk | None:
     """chunk_text's first chunk as planned from the opening of the first paragraph only (milliseconds, where the whole
     plan of a long text takes a second): right unless the opening is cut inside the first chunk's sentences, so a
     caller compares it with the plan before keeping what it made of it."""
     opening = next((p.strip() for p in text.split("\n\n") if p.strip()), "")[: 4 * max_chars]
-    chunks = chunk_text(opening, max_chars, first_chunk_chars) if opening else []
+    chunks = chunk_text(opening, max_chars, first_chunk_chars, lexicon=lexicon) if opening else []
     return chunks[0] if chunks else None
 
 
