@@ -276,7 +276,7 @@ def _job_at(store: JobStore, state: JobState, overdue: bool, **request: Any) -> 
     empty outbox."""
     job, _ = store.create(NarrationRequest.parse({"text": "Hello.", **request}), "q")
     path = {JobState.QUEUED: [], JobState.RUNNING: [states.START], JobState.FAILED: [states.FAIL],
-            JobState.EXPIRED: [states.EXPIRE]}[state]
+            JobState.EXPIRED: [states.EXPIRE], JobState.SUCCEEDED: [states.START, states.SUCCEED]}[state]
     for step in path:
         if step is states.EXPIRE:
             store.redis.hset(keys.job_key(job.id), "expires_at", repr(time.time() - 1))
