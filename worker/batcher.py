@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.models import CSMModelError, Generated, SpeechModel, SpeechRequest
-from worker.models.base import split_by
+from worker.models.base import RowDone, split_by
 
 __all__ = ["BatchingModel"]
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Waiting:
     requests: list[SpeechRequest]
+    on_row: RowDone | None = None  # the job's: hears of each of its texts as it is done
     arrived: float = field(default_factory=time.monotonic)
     result: Future[list[list[Generated]]] = field(default_factory=Future)
 
@@ -66,9 +67,10 @@ class BatchingModel(SpeechModel):
                 self._jobs -= 1
                 self._ready.notify_all()
 
-    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
-        """Blocks this job's thread until the batch its requests joined has been decoded."""
-        waiting = _Waiting(list(requests))
+    def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
+        """Blocks this job's thread until the batch its requests joined has been decoded; `on_row` is called (from
+        the generation thread) as each of this job's texts is done."""
+        waiting = _Waiting(list(requests), on_row)
         with self._ready:
             if self._broken is not None:
                 raise CSMModelError(f"this worker's generation thread stopped: {self._broken}")
@@ -110,8 +112,15 @@ class BatchingModel(SpeechModel):
             return batch
 
     def _run(self, batch: list[_Waiting]) -> None:
+        owners = [(waiting, r) for waiting in batch for r in range(len(waiting.requests))]
+
+        def row_done(request: int, text: int, result: Generated) -> None:
+            waiting, r = owners[request]
+            if waiting.on_row is not None:
+                waiting.on_row(r, text, result)
+
         try:
-            results = self.inner.generate_requests([r for w in batch for r in w.requests])
+            results = self.inner.generate_requests([r for w in batch for r in w.requests], row_done)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].result.set_exception(e)

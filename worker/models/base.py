@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
+__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 _T = TypeVar("_T")
@@ -45,6 +45,11 @@ class Generated:
     audio: np.ndarray
     sample_rate: int
     stats: Any = None
+
+
+# Called as each text's speech is done, before the rest of its batch: (request index, text index, result). It may be
+# called from another thread than the caller's (a shared model's generation thread): it must only hand the result on.
+RowDone = Callable[[int, int, "Generated"], None]
 
 
 @dataclass(frozen=True)
@@ -96,13 +101,17 @@ class SpeechModel:
         context: list[Segment] | None = None,
         seeds: list[int | None] | None = None,
         max_audio_length_ms: float | None = None,
+        on_done: Callable[[int, Generated], None] | None = None,
     ) -> list[Generated]:
-        """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own."""
+        """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
+        `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone)."""
         request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms)
-        return self.generate_requests([request])[0]
+        rows = None if on_done is None else lambda _request, i, result: on_done(i, result)
+        return self.generate_requests([request], rows)[0]
 
-    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
-        """Speech for the texts of several requests (several jobs' voices); one list of results per request.
+    def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
+        """Speech for the texts of several requests (several jobs' voices); one list of results per request;
+        `on_row` hears of each text as soon as it is done.
 
         Every model implements this; generate_speech and generate_batch are built on it.
         """

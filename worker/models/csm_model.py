@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from producer.settings import DEFAULT_MODEL_ID
-from worker.models.base import SAMPLE_RATE, Generated, Segment, SpeechModel, SpeechRequest, split_by
+from worker.models.base import SAMPLE_RATE, Generated, RowDone, Segment, SpeechModel, SpeechRequest, split_by
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
@@ -121,9 +121,10 @@ class CSMModel(SpeechModel):
         failures = self.engine.graph_failures if self.engine is not None else []
         return {**super().describe(), "dtype": self.dtype, **({"graph_capture_failures": failures} if failures else {})}
 
-    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
+    def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
         """Speech for the texts of every request, all decoded together, each after its own request's context
-        (several jobs' voices in one batch). Top_k 1 is greedy.
+        (several jobs' voices in one batch). Top_k 1 is greedy. A text's speech is decoded as soon as its row ends
+        and handed to `on_row`, while the other rows go on.
 
         seeds[i] seeds text i's own sampler: its draw does not depend on which texts share the batch.
         """
@@ -133,14 +134,22 @@ class CSMModel(SpeechModel):
             raise CSMModelError("the model was cleaned up")
         rows = [self._rows(r) for r in requests]
         flat = [row for group in rows for row in group]
+        where = [(r, i) for r, group in enumerate(rows) for i in range(len(group))]
+        done: dict[int, Generated] = {}
+
+        def row_ended(index: int, codes: Any) -> None:
+            assert self.engine is not None
+            wave = self.engine.decode(codes).numpy().astype(np.float32)
+            done[index] = _generated(flat[index], wave, len(codes))
+            if on_row is not None:
+                on_row(*where[index], done[index])
+
         try:
-            codes = self.engine.generate_rows([r.prefix for r in flat], [r.prompt for r in flat],
-                                              [r.cap for r in flat], [r.sampling for r in flat])
-            waves = [self.engine.decode(c).numpy().astype(np.float32) for c in codes]
+            self.engine.generate_rows([r.prefix for r in flat], [r.prompt for r in flat], [r.cap for r in flat],
+                                      [r.sampling for r in flat], row_ended)
         except torch.OutOfMemoryError as e:
             raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
-        results = [_generated(row, wave, len(frames)) for row, wave, frames in zip(flat, waves, codes, strict=True)]
-        return split_by(results, [len(group) for group in rows])
+        return split_by([done[i] for i in range(len(flat))], [len(group) for group in rows])
 
     def _rows(self, request: SpeechRequest) -> list[_Row]:
         """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""

@@ -21,6 +21,7 @@ It runs the modules of a transformers `CsmForConditionalGeneration` layer by lay
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -206,17 +207,19 @@ class CsmEngine:
 
     @torch.inference_mode()
     def generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
-                      sampling: list[Sampling]) -> list[torch.Tensor]:
+                      sampling: list[Sampling],
+                      on_row: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Codes [frames_i, codebooks] (int64, on the device) for each prompt [S_i, H] after its prefix [P_i, H]
         (None: no prefix). Rows that share a prefix tensor share its prefill.
 
-        Each row stops at its end frame (excluded) or after caps[i] frames.
+        Each row stops at its end frame (excluded) or after caps[i] frames; `on_row(i, codes)` is called as row i
+        stops, while the others go on.
         """
         with on_device(self.device):
-            return self._generate_rows(prefixes, prompts, caps, sampling)
+            return self._generate_rows(prefixes, prompts, caps, sampling, on_row or (lambda _row, _codes: None))
 
     def _generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
-                       sampling: list[Sampling]) -> list[torch.Tensor]:
+                       sampling: list[Sampling], on_row: Callable[[int, torch.Tensor], None]) -> list[torch.Tensor]:
         lengths = [0 if p is None else len(p) for p in prefixes]
         prefix_len, width, caps = max(lengths), max(len(p) for p in prompts), list(caps)
         batch = self._start(prompts, lengths, width, max(caps), sampling)
@@ -225,6 +228,7 @@ class CsmEngine:
         self.kmax = max(1 if s.greedy else min(s.top_k, self.vocab) for s in sampling)
         out = torch.zeros(len(prompts), max(caps), self.codebooks, dtype=torch.long, device=self.device)
         frames, slot = [0] * len(prompts), prefix_len + width
+        reported: set[int] = set()
         while True:
             codes = self._frame(hidden, self._noise(batch.generators), batch.scale, batch.kth)
             ended = (codes[:, :-1] == self.eos).all(-1).tolist()
@@ -235,6 +239,9 @@ class CsmEngine:
             for i, row in enumerate(batch.rows):
                 if ended[i]:
                     caps[row] = frames[row]  # finished: nothing more is kept for this row
+                if frames[row] >= caps[row] and row not in reported:
+                    reported.add(row)
+                    on_row(row, out[row, : frames[row]])
             live = [i for i, row in enumerate(batch.rows) if frames[row] < caps[row]]
             if not live:
                 break

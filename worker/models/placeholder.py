@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from worker.models.base import SAMPLE_RATE, Generated, SpeechModel, SpeechRequest
+from worker.models.base import SAMPLE_RATE, Generated, RowDone, SpeechModel, SpeechRequest
 
 __all__ = ["PlaceholderCSMModel"]
 
@@ -28,9 +28,16 @@ class PlaceholderCSMModel(SpeechModel):
         self.rtf = rtf
         self.fallback_reason = fallback_reason
 
-    def generate_requests(self, requests: list[SpeechRequest]) -> list[list[Generated]]:
-        """A tone per text, one by one (the placeholder has nothing to batch)."""
-        return [[self._tone(text, r.speaker_id, r.max_audio_length_ms) for text in r.texts] for r in requests]
+    def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
+        """A tone per text, one by one (the placeholder has nothing to batch); each handed to `on_row` once made."""
+        results: list[list[Generated]] = []
+        for r, request in enumerate(requests):
+            results.append([])
+            for i, text in enumerate(request.texts):
+                results[-1].append(self._tone(text, request.speaker_id, request.max_audio_length_ms))
+                if on_row is not None:
+                    on_row(r, i, results[-1][-1])
+        return results
 
     def _tone(self, text: str, speaker_id: int, max_audio_length_ms: float | None) -> Generated:
         seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)

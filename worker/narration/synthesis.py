@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +69,51 @@ class ChunkSynthesizer:
                                               "seconds": round(len(audio) / rate, 3)}
 
     def synthesize_batch(self, chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
-        """Generate chunks together in the anchor's voice, then store them in order: each manifest entry is yielded
-        as soon as it is saved."""
-        return self.store(chunks, self.generate(chunks))
+        """Generate chunks together in the anchor's voice; each chunk is checked and stored the moment its row ends,
+        while the others go on (so a worker that dies loses only the rows still in flight); one that fails QA is
+        stored after its one more try. Manifest entries are yielded in the chunks' order."""
+        stored: dict[int, dict[str, Any]] = {}
+        held: dict[int, Attempt] = {}  # failed QA: waits for its second try
+        done = 0
+        for i, first in self._as_rows_end(chunks, self.seed_attempt):
+            if first[1]["problems"]:
+                held[i] = first
+            else:
+                stored[i] = self._store_attempts(chunks[i], [first])
+            while done in stored:
+                yield stored[done]
+                done += 1
+        retried = self._attempt([chunks[i] for i in held], self.seed_attempt + 1) if held else []
+        for (i, first), second in zip(held.items(), retried, strict=True):
+            stored[i] = self._store_attempts(chunks[i], [first, second])
+        yield from (stored[i] for i in range(done, len(chunks)))
+
+    def _as_rows_end(self, chunks: list[Chunk], attempt: int) -> Iterator[tuple[int, Attempt]]:
+        """(chunk position, its generation checked by QA) as each row of one batch ends. The batch runs on another
+        thread; leaving early (a cancel) waits for it to end, so the model never runs two batches at once."""
+        ended: queue.Queue[tuple[int, Generated] | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._generate(chunks, attempt, lambda i, result: ended.put((i, result)))
+            except BaseException as e:  # handed to the job's thread
+                failure.append(e)
+            finally:
+                ended.put(None)
+
+        thread = threading.Thread(target=run, name=f"echoforge-batch-{self.job_id[:8]}", daemon=True)
+        thread.start()
+        seen: set[int] = set()
+        try:
+            while (item := ended.get()) is not None:
+                if item[0] not in seen:  # a shared batch that failed is run again: its rows may come twice
+                    seen.add(item[0])
+                    yield item[0], self._checked(chunks[item[0]], item[1])
+        finally:
+            thread.join()
+        if failure:
+            raise failure[0]
 
     def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
         """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
@@ -85,36 +129,45 @@ class ChunkSynthesizer:
     def store(self, chunks: list[Chunk], generated: list[list[Attempt]]) -> Iterator[dict[str, Any]]:
         """Store each chunk's last attempt and record it in the manifest, in order, yielding each entry once saved."""
         for chunk, attempts in zip(chunks, generated, strict=True):
-            for number, (result, qa) in enumerate(attempts, start=1):
-                log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.job_id, chunk.index,
-                         number, len(result.audio) / result.sample_rate,
-                         f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
-            result, qa = attempts[-1]
-            seed = chunk_seed(self.job_id, chunk.index, self.seed_attempt + len(attempts) - 1)
-            entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
-            self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
-            self.manifest.record(entry)
-            yield entry
+            yield self._store_attempts(chunk, attempts)
+
+    def _store_attempts(self, chunk: Chunk, attempts: list[Attempt]) -> dict[str, Any]:
+        """Store a chunk's last attempt (its WAV, then its manifest entry) and return the entry."""
+        for number, (result, qa) in enumerate(attempts, start=1):
+            log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.job_id, chunk.index,
+                     number, len(result.audio) / result.sample_rate,
+                     f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
+        result, qa = attempts[-1]
+        seed = chunk_seed(self.job_id, chunk.index, self.seed_attempt + len(attempts) - 1)
+        entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
+        self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
+        self.manifest.record(entry)
+        return entry
 
     def _attempt(self, chunks: list[Chunk], attempt: int) -> list[Attempt]:
         """One generation of every chunk (one batch), each checked by QA."""
+        return [self._checked(c, r) for c, r in zip(chunks, self._generate(chunks, attempt), strict=True)]
+
+    def _generate(self, chunks: list[Chunk], attempt: int,
+                  on_done: Callable[[int, Generated], None] | None = None) -> list[Generated]:
+        """One batch: every chunk's generation is logged as it starts; `on_done` hears of each as its row ends."""
         for chunk in chunks:
             log.info("job %s: chunk %d started (attempt %d)", self.job_id, chunk.index, attempt + 1)
         started = time.perf_counter()
         results = self.model.generate_batch(
             [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
             top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks])
+            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done)
         log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
                  len(chunks), attempt + 1, time.perf_counter() - started,
                  sum(len(r.audio) / r.sample_rate for r in results))
-        checked = []
-        for chunk, result in zip(chunks, results, strict=True):
-            stats = result.stats
-            qa = chunk_qa(result.audio, result.sample_rate, len(chunk.text),
-                          hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
-            checked.append((result, qa))
-        return checked
+        return results
+
+    @staticmethod
+    def _checked(chunk: Chunk, result: Generated) -> Attempt:
+        stats = result.stats
+        return result, chunk_qa(result.audio, result.sample_rate, len(chunk.text),
+                                hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
 
     def _entry(self, chunk: Chunk, audio: np.ndarray, rate: int, seed: int, attempts: int,
                qa: dict[str, Any], stats: Any) -> dict[str, Any]:
