@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from worker.models import (
 from worker.models.csm_model import SAMPLES_PER_FRAME, frame_budget
 from worker.models.device import select_device
 from worker.models.engine import compute_dtype
+from worker.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = "The lighthouse keeper counted the waves."
@@ -100,6 +103,60 @@ def test_create_falls_back_to_the_placeholder_only_when_allowed(tiny_checkpoint:
     with pytest.raises(CSMModelNotFoundError):
         create_csm_model(model_path=str(tmp_path / "missing"), settings=Settings(allow_placeholder=False))
     assert isinstance(create_csm_model(use_placeholder=True, settings=Settings()), PlaceholderCSMModel)
+
+
+SECRET = "hf_not_a_real_token_0123456789"
+GPU_FAILURES = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
+                torch.AcceleratorError("CUDA error: no kernel image is available for execution on the device")]
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, move_failure: BaseException | None = None,
+              probe_failure: BaseException | None = None) -> None:
+    """A CUDA GPU with 80 GB free as far as torch's queries tell (no GPU runs here), on which moving weights raises
+    `move_failure` and asking for free memory raises `probe_failure`; moves to the CPU work as ever."""
+    def mem_get_info(index: int | None = None) -> tuple[int, int]:
+        if probe_failure is not None:
+            raise probe_failure
+        return 80 * 1024**3, 80 * 1024**3
+
+    move = torch.nn.Module.to
+
+    def to(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and device.type == "cuda" and move_failure is not None:
+            raise move_failure
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+
+
+@pytest.mark.parametrize("failure", GPU_FAILURES, ids=["out-of-memory", "cuda-error"])
+def test_a_model_the_gpu_fails_to_load_runs_on_the_cpu_and_the_job_record_says_why(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    _fake_gpu(monkeypatch, move_failure=failure)
+    assert select_device() == ("cuda:0", None), "the fake GPU is the device the factory tries first"
+    model = create_csm_model(model_path=str(tiny_checkpoint), settings=Settings())
+    assert isinstance(model, CSMModel) and model.device == "cpu"
+    info = Runtime(Settings(), cast(Any, None), cast(Any, None), model).model_info()  # what a job record stores
+    assert info["kind"] == "csm" and info["device"] == "cpu"
+    reason = f"cuda:0: cannot move {tiny_checkpoint} to cuda:0 ({type(failure).__name__}: {failure})"
+    assert info["fallback_reason"] == reason and SECRET not in json.dumps(info)
+    audio, _ = model.generate_speech("Hi.", max_audio_length_ms=160)
+    assert len(audio) > 0
+
+
+def test_a_gpu_that_fails_when_asked_for_free_memory_leaves_the_model_on_the_cpu(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_gpu(monkeypatch, probe_failure=torch.AcceleratorError("CUDA error: out of memory"))
+    model = create_csm_model(model_path=str(tiny_checkpoint), settings=Settings())
+    assert isinstance(model, CSMModel) and model.device == "cpu"
+    assert model.describe()["fallback_reason"] == "CUDA failed: AcceleratorError: CUDA error: out of memory"
 
 
 def test_device_selection() -> None:

@@ -108,10 +108,14 @@ class CSMModel(SpeechModel):
         self.processor, self.model = processor, model
         try:
             _place(self.model, self.device, getattr(torch, self.dtype))
-        except torch.OutOfMemoryError as e:
+            self.engine: CsmEngine | None = CsmEngine(self.model)
+        except RuntimeError as e:  # out of memory, or a CUDA error (driver, no kernel for this GPU): try the CPU
+            if not (isinstance(e, torch.OutOfMemoryError) or self.device.startswith("cuda")):
+                raise
             self.cleanup()
-            raise CSMModelLoadError(f"out of memory moving {self.model_id} to {self.device}") from e
-        self.engine: CsmEngine | None = CsmEngine(self.model)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            why = f"{type(e).__name__}: {first}"
+            raise CSMModelLoadError(f"cannot move {self.model_id} to {self.device} ({why})") from e
         self.max_positions = int(self.model.config.max_position_embeddings)
         self._prefix_cache: dict[tuple[tuple[int, str, str], ...], tuple[Any, int]] = {}
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)

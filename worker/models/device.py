@@ -28,7 +28,11 @@ def select_device(requested: str | None = None) -> tuple[str, str | None]:
     index = int(requested.partition(":")[2] or 0)
     if index >= torch.cuda.device_count():
         return _cpu(requested, f"there is no cuda:{index} ({torch.cuda.device_count()} GPUs)")
-    free, total = torch.cuda.mem_get_info(index)
+    try:
+        free, total = torch.cuda.mem_get_info(index)  # creates the CUDA context: fails on a full GPU or a bad driver
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return _cpu(requested, f"CUDA failed: {type(e).__name__}: {first}")
     if free < MIN_FREE_GPU_BYTES:
         return _cpu(requested, f"cuda:{index} has {free / 1024**3:.1f} GB free of {total / 1024**3:.1f} GB (need 2)")
     log.info("using cuda:%d (%s, %.1f GB free)", index, torch.cuda.get_device_name(index), free / 1024**3)
