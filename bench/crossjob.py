@@ -11,12 +11,15 @@ flagged as runaway and generated once more: every job costs the same two generat
 decoder 512 wide, 4 layers; the real Mimi codec), so the baseline round takes about a minute here.
 --model full-random: CSM-1B's architecture (slow on a CPU: minutes per job at batch 1).
 
-    ./dev bench crossjob [--jobs 8] [--model mid-random|full-random]
+--device cuda runs the worker on the GPU (bench/gpu_check.sh); --figures also prints one JSON line per figure.
+
+    ./dev bench crossjob [--jobs 8] [--model mid-random|full-random] [--device cpu|cuda] [--figures]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -76,11 +79,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=8, help="jobs per burst, and the threads pool's concurrency")
     parser.add_argument("--model", choices=["mid-random", "full-random"], default="mid-random")
+    parser.add_argument("--device", default="cpu", help="the worker's device (cpu, cuda)")
+    parser.add_argument("--figures", action="store_true", help="also one JSON line per figure")
     args = parser.parse_args()
     with services.bench_services() as (tmp, redis_url, s3_url):
         checkpoint = save_checkpoint(tmp / args.model, args.model)
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,
-                            model_path=str(checkpoint), device="cpu", allow_placeholder=False)
+                            model_path=str(checkpoint), device=args.device, allow_placeholder=False)
         alone, _ = round_on(settings, tmp, "alone", args.jobs, "prefork", 1)
         print(f"one job at a time (prefork -c 1):        {alone:6.3f} jobs/s", flush=True)
         shared, log = round_on(settings, tmp, "shared", args.jobs, "threads", args.jobs)
@@ -88,6 +93,13 @@ def main() -> None:
         sizes = [int(n) for n in re.findall(r"generated (\d+) texts of \d+ jobs together", log)]
         print(f"batches in the shared round: {len(sizes)}, texts per batch {sizes}")
         print(f"throughput ratio shared / one at a time: {shared / alone:.2f}x")
+    if args.figures:
+        common = {"bench": "crossjob", "model": args.model, "device": args.device, "jobs": args.jobs}
+        for what, batch, value, unit in (("one job at a time (prefork -c 1)", 1, alone, "jobs/s"),
+                                         (f"{args.jobs} jobs sharing batches (threads)", args.jobs, shared, "jobs/s"),
+                                         ("shared / one at a time", args.jobs, shared / alone, "x")):
+            print(json.dumps({**common, "what": what, "batch": batch, "dtype": "auto", "graphs": None,
+                              "value": round(value, 4), "unit": unit}))
 
 
 if __name__ == "__main__":
