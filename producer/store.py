@@ -20,7 +20,7 @@ from producer.request import NarrationRequest
 from producer.settings import Settings
 from producer.states import JobState, Transition
 
-__all__ = ["JobStore", "connect_redis", "is_job_id", "lua_script", "text"]
+__all__ = ["JobStore", "connect_redis", "dumps", "is_job_id", "lua_script", "text"]
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -53,7 +53,8 @@ def is_job_id(value: object) -> bool:
     return isinstance(value, str) and bool(_JOB_ID.match(value))
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """JSON as records store it: compact, keys sorted."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
@@ -97,7 +98,7 @@ class JobStore:
         fields: dict[str, str] = {
             "id": job_id,
             "state": JobState.QUEUED.value,
-            "request": _dumps(request.model_dump()),
+            "request": dumps(request.model_dump()),
             "created_at": repr(now),
             "attempts": "0",
             "queue": queue,
@@ -193,8 +194,8 @@ class JobStore:
 
     def start(self, job_id: str, worker: str, model: dict[str, Any], **progress: Any) -> Job | None:
         """queued (or running, on redelivery) -> running; None when it may not start (ended, or expired now)."""
-        fields = {"started_at": repr(time.time()), "worker": worker, "model": _dumps(model),
-                  "progress": _dumps(progress)}
+        fields = {"started_at": repr(time.time()), "worker": worker, "model": dumps(model),
+                  "progress": dumps(progress)}
         try:
             return self.apply(states.START, job_id, fields)
         except _Overdue:
@@ -203,18 +204,18 @@ class JobStore:
 
     def progress(self, job_id: str, **progress: Any) -> Job | None:
         """Record progress of a running job; the returned record tells whether a cancel was asked for."""
-        return self.apply(states.PROGRESS, job_id, {"progress": _dumps(progress)})
+        return self.apply(states.PROGRESS, job_id, {"progress": dumps(progress)})
 
     def succeed(self, job_id: str, result: dict[str, Any], request: NarrationRequest | dict[str, Any],
                 model: dict[str, Any], **progress: Any) -> Job | None:
         """The job succeeded: its request is kept without its text (a dict: already so, as after a re-render)."""
         kept = request.without_text() if isinstance(request, NarrationRequest) else request
-        fields = {"result": _dumps(result), "finished_at": repr(time.time()), "model": _dumps(model),
-                  "request": _dumps(kept), "progress": _dumps(progress)}
+        fields = {"result": dumps(result), "finished_at": repr(time.time()), "model": dumps(model),
+                  "request": dumps(kept), "progress": dumps(progress)}
         return self.apply(states.SUCCEED, job_id, fields)
 
     def fail(self, job_id: str, code: ErrorCode, message: str, transition: Transition = states.FAIL) -> Job | None:
-        fields = {"error": _dumps({"code": code.value, "message": message}), "finished_at": repr(time.time())}
+        fields = {"error": dumps({"code": code.value, "message": message}), "finished_at": repr(time.time())}
         return self.apply(transition, job_id, fields)
 
     def fail_to_enqueue(self, job_id: str, message: str) -> Job | None:
@@ -242,7 +243,7 @@ class JobStore:
     def rerender(self, job_id: str, edit: dict[str, Any]) -> Job:
         """Queue a succeeded job again to re-render the chunks `edit` names (and their new text); its earlier end is
         kept in `history`. Raises JobStateError for a job in any other state."""
-        job = self.apply(states.RERENDER, job_id, {"rerender": _dumps(edit)})
+        job = self.apply(states.RERENDER, job_id, {"rerender": dumps(edit)})
         if job is None:
             raise JobStateError(f"job {job_id} cannot be re-rendered: it is {self.get(job_id).state.value} "
                                 "(only a succeeded job can)")

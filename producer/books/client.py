@@ -159,15 +159,9 @@ class BookClient:
         book = self.books.get(book_id)
         if book.anchor or book.options.get("voice_prompt_sha256"):
             self.fan_out(book_id)
-        if self._all_chapters_succeeded(book_id):
+        if book.status(self.parts(book))[1] == "assembling":  # every chapter succeeded
             self.send_assembly(book_id)
         return self.status(book_id, tenant)
-
-    def _all_chapters_succeeded(self, book_id: str) -> bool:
-        book = self.books.get(book_id)
-        parts = self.parts(book)
-        return all(parts.get(str(c["index"])) is not None and parts[str(c["index"])].state is JobState.SUCCEEDED
-                   for c in book.chapters)
 
     def send_assembly(self, book_id: str) -> None:
         self.narrations.send_task(keys.BOOK_ASSEMBLE_TASK, [book_id], keys.BOOK_QUEUE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -13,15 +12,11 @@ from producer import keys
 from producer.books.record import Book
 from producer.errors import JobNotFoundError
 from producer.states import JobState
-from producer.store import is_job_id, text
+from producer.store import dumps, is_job_id, text
 
 __all__ = ["BookStore"]
 
 FINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 class BookStore:
@@ -35,7 +30,7 @@ class BookStore:
                tenant: str | None = None) -> Book:
         book_id, now = uuid.uuid4().hex, time.time()
         fields = {"id": book_id, "created_at": repr(now), "title": title, "author": author or "",
-                  "options": _dumps(options), "chapters": _dumps(chapters), "tenant": tenant or ""}
+                  "options": dumps(options), "chapters": dumps(chapters), "tenant": tenant or ""}
         pipe = self.redis.pipeline()
         pipe.hset(keys.book_key(book_id), mapping=fields)
         pipe.zadd(keys.BOOK_INDEX_KEY, {book_id: now})
@@ -56,7 +51,7 @@ class BookStore:
         self.redis.hset(keys.book_key(book_id), f"job:{part}", job_id)
 
     def set_fields(self, book_id: str, **fields: Any) -> None:
-        self.redis.hset(keys.book_key(book_id), mapping={k: _dumps(v) if isinstance(v, dict | list) else v
+        self.redis.hset(keys.book_key(book_id), mapping={k: dumps(v) if isinstance(v, dict | list) else v
                                                          for k, v in fields.items()})
 
     def finish(self, book_id: str, state: JobState, **fields: Any) -> bool:

@@ -33,17 +33,22 @@ class Manifest:
     def chunk_key(self, index: int) -> str:
         return self.storage.key_for(self.job_id, keys.CHUNK_OBJECT.format(index=index))
 
+    @staticmethod
+    def stored(storage: Storage, job_id: str) -> dict[str, Any] | None:
+        """The job's manifest as stored by an earlier run, or None."""
+        raw = storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT))
+        return json.loads(raw) if raw else None
+
     @classmethod
-    def open(cls, storage: Storage, job_id: str, request: NarrationRequest,
-             model: dict[str, Any], settings: dict[str, Any], chunks_total: int) -> Manifest:
-        """The stored manifest when it belongs to this text, chunking and model (a resumed job), else a fresh one."""
+    def open(cls, storage: Storage, job_id: str, request: NarrationRequest, model: dict[str, Any],
+             settings: dict[str, Any], chunks_total: int, stored: dict[str, Any] | None) -> Manifest:
+        """`stored` (Manifest.stored) when it belongs to this text, chunking and model (a resumed job), else a fresh
+        manifest."""
         fresh = {"job_id": job_id, "text_sha256": request.text_sha256(), "text_chars": len(request.text),
                  "model": model, "settings": settings, "chunks_total": chunks_total, "created_at": time.time(),
                  "streamed": request.stream_chunks}
         manifest = cls(storage, job_id, fresh)
-        raw = storage.get_bytes(manifest.key)
-        if raw:
-            stored = json.loads(raw)
+        if stored:
             same_model = all(stored["model"].get(k) == model.get(k) for k in ("kind", "id"))
             same_plan = all(stored["settings"].get(k) == settings.get(k) for k in _PLAN_SETTINGS) and \
                 stored["text_sha256"] == fresh["text_sha256"] and stored["chunks_total"] == chunks_total
@@ -54,16 +59,11 @@ class Manifest:
     @classmethod
     def load(cls, storage: Storage, job_id: str) -> Manifest:
         """The job's stored manifest (a delivered job's: every chunk, its place in the narration, the result)."""
-        manifest = cls(storage, job_id, {})
-        raw = storage.get_bytes(manifest.key)
-        if not raw:
-            raise StorageError(f"job {job_id}: its manifest {storage.url_for(manifest.key)} is missing")
-        return cls(storage, job_id, json.loads(raw))
-
-    @classmethod
-    def exists(cls, storage: Storage, job_id: str) -> bool:
-        """Whether the job has a stored manifest (an earlier run stored chunks)."""
-        return storage.get_bytes(storage.key_for(job_id, keys.MANIFEST_OBJECT)) is not None
+        stored = cls.stored(storage, job_id)
+        if stored is None:
+            key = storage.key_for(job_id, keys.MANIFEST_OBJECT)
+            raise StorageError(f"job {job_id}: its manifest {storage.url_for(key)} is missing")
+        return cls(storage, job_id, stored)
 
     def done(self, index: int) -> bool:
         return index in self.chunks

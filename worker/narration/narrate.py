@@ -60,8 +60,11 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
     with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
         spool = Path(tmp)
         synthesizer = ChunkSynthesizer(model, request, job_id, spool)
-        plan, early = _plan_while_first_chunk_generates(synthesizer, storage, max_chunk_chars, first_chunk_chars)
-        synthesizer.manifest = manifest = Manifest.open(storage, job_id, request, model_info, settings, len(plan))
+        stored = Manifest.stored(storage, job_id)
+        plan, early = _plan_while_first_chunk_generates(synthesizer, stored is None, max_chunk_chars,
+                                                        first_chunk_chars)
+        synthesizer.manifest = manifest = Manifest.open(storage, job_id, request, model_info, settings, len(plan),
+                                                        stored)
         resumed = len(manifest.chunks)
         log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
         if request.voice_prompt_sha256:
@@ -79,18 +82,18 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         return NarrationOutcome("done", result, _progress(manifest, resumed, "done"))
 
 
-def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, storage: Storage, max_chunk_chars: int,
+def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, fresh: bool, max_chunk_chars: int,
                                       first_chunk_chars: int) -> tuple[list[Chunk], list[Attempt] | None]:
     """The job's chunk plan, and the first chunk's generation when it could start before the plan was done.
 
-    Planning a long text takes a while (9 KB: 125-200 ms, mostly sentence splitting), so a fresh job without a voice
-    prompt guesses its first chunk from the text's opening, plans the rest on another thread meanwhile, and keeps
-    that generation only if the plan's first chunk is the one guessed.
+    Planning a long text takes a while (9 KB: 125-200 ms, mostly sentence splitting), so a `fresh` job (nothing
+    stored yet) without a voice prompt guesses its first chunk from the text's opening, plans the rest on another
+    thread meanwhile, and keeps that generation only if the plan's first chunk is the one guessed.
     """
     request, job_id = synthesizer.request, synthesizer.job_id
     planning = _PLANNER.submit(chunk_text, request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
     guess = None
-    if not request.voice_prompt_sha256 and not Manifest.exists(storage, job_id):
+    if not request.voice_prompt_sha256 and fresh:
         guess = first_chunk_guess(request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
     early = synthesizer.generate([guess])[0] if guess is not None else None
     plan = planning.result()
