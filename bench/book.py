@@ -8,10 +8,13 @@ to the book's `succeeded`, and its phases read from the records (the anchor's jo
 until the anchor was narrated, until the last chapter finished, and the assembly (last chapter's success -> book's
 success). Target: 4 workers >= 3.5x one worker.
 
-Part 2: assemble_m4b alone, in a child process (a fresh interpreter), on synthetic chapter WAVs (float, 24 kHz
-mono, written in blocks) totalling 1 hour and 2 hours of audio: seconds, seconds per hour of audio against the
-narration time at the RTF (1 h at RTF 0.1 = 360 s), and the child's peak RSS (VmHWM) after its imports and at the
-end. Target: assembly <= 2 % of the narration time, memory flat in the book's length.
+Part 2: the assembly alone, each step in a child process (a fresh interpreter), on synthetic chapter WAVs (float,
+24 kHz mono, written in blocks) totalling 1 hour and 2 hours of audio: the chapters' AAC encoding that a book does
+while it is narrated (off the critical path); the assembly as the last chapter leaves it (every chapter but the
+last already encoded: the last is encoded, the rest copied packet by packet), and, as the baseline in the same run,
+the assembly with nothing encoded ahead (every chapter encoded at assembly, as before). Each: seconds, seconds per
+hour of audio against the narration time at the RTF (1 h at RTF 0.1 = 360 s), and the child's peak RSS (VmHWM)
+after its imports and at the end. Target: assembly <= 2 % of the narration time, memory flat in the book's length.
 
     ./dev bench book [--rtf 0.1] [--repeats 1] [--workers 1 2 4] [--json]
 """
@@ -198,52 +201,73 @@ def write_wav(path: Path, seconds: int, seed: int) -> None:
 
 
 # Run in a fresh interpreter that imports only the assembly (and PyAV, which it imports on first use), so that its
-# peak RSS is the assembly's: argv = out path, then the chapter WAVs. Prints one JSON object.
+# peak RSS is its own: argv = mode, out path, then the chapter WAVs. Modes: "pre_encode" encodes every chapter to
+# <wav>.m4a as producer/books/pre_encode.py does while a book is narrated (seconds: the sum); "assembly" assembles the
+# book as a book's last chapter leaves it: every chapter but the last pre-encoded; "encode_all" assembles it with
+# none pre-encoded (every chapter encoded at assembly, as before chapters were pre-encoded). Prints one JSON object.
 ASSEMBLE_CHILD = """
 import json, sys, time
 from pathlib import Path
 import av
 from producer.books.assembly import ChapterAudio, assemble_m4b
+from producer.books.chapter_aac import encode_aac
 
 def peak_mb():  # VmHWM: this process image's peak RSS (ru_maxrss would carry the parent's over from fork and exec)
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 
+mode, out, paths = sys.argv[1], Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
 before = peak_mb()
 started = time.perf_counter()
-marks = assemble_m4b([ChapterAudio(f"Chapter {i + 1}", Path(p)) for i, p in enumerate(sys.argv[2:])],
-                     Path(sys.argv[1]), title="A long book", author="A. Writer")
+if mode == "pre_encode":
+    duration = 0.0
+    for path in paths:
+        aac = encode_aac(path.name, path, path.with_suffix(".m4a"))
+        duration += aac.packets * 1024 / aac.rate
+    size = sum(path.with_suffix(".m4a").stat().st_size for path in paths)
+else:
+    copied = len(paths) - 1 if mode == "assembly" else 0
+    chapters = [ChapterAudio(f"Chapter {i + 1}", p, aac=p.with_suffix(".m4a") if i < copied else None)
+                for i, p in enumerate(paths)]
+    duration = assemble_m4b(chapters, out, title="A long book", author="A. Writer")[-1].end_s
+    size = out.stat().st_size
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": peak_mb(),
-                  "duration_s": marks[-1].end_s, "m4b_mb": Path(sys.argv[1]).stat().st_size / 1e6}))
+print(json.dumps({"seconds": seconds, "rss_before_mb": before, "rss_peak_mb": peak_mb(), "duration_s": duration,
+                  "mb": size / 1e6}))
 """
 
 
-def assemble_alone(paths: list[Path], out: Path) -> dict[str, Any]:
-    """assemble_m4b in a child process: its time, and the child's peak RSS after its imports and at the end."""
-    done = subprocess.run([sys.executable, "-c", ASSEMBLE_CHILD, str(out), *map(str, paths)], capture_output=True,
-                          text=True, check=True, timeout=3600, env={**os.environ, "PYTHONPATH": str(services.REPO)})
-    out.unlink()
+def in_child(mode: str, paths: list[Path], out: Path) -> dict[str, Any]:
+    """ASSEMBLE_CHILD in a fresh interpreter: its time, and its peak RSS after its imports and at the end."""
+    done = subprocess.run([sys.executable, "-c", ASSEMBLE_CHILD, mode, str(out), *map(str, paths)],
+                          capture_output=True, text=True, check=True, timeout=3600,
+                          env={**os.environ, "PYTHONPATH": str(services.REPO)})
+    out.unlink(missing_ok=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return {**result, "rss_growth_mb": result["rss_peak_mb"] - result["rss_before_mb"]}
 
 
 def assembly(tmp: Path, hours: list[float], rtf: float) -> dict[float, dict[str, Any]]:
-    """assemble_m4b alone on 3-minute chapter WAVs totalling each of `hours` (the longer books reuse the files)."""
+    """On 3-minute chapter WAVs totalling each of `hours` (the longer books reuse the files): the chapters'
+    encoding ahead (all of them), the assembly with all but the last encoded ahead, and with none encoded ahead."""
     count = round(max(hours) * 3600 / CHAPTER_WAV_S)
     paths = [tmp / f"chapter-{i:03d}.wav" for i in range(count)]
     for i, path in enumerate(paths):
         write_wav(path, CHAPTER_WAV_S, seed=i)
     found = {}
     for h in hours:
-        run = assemble_alone(paths[: round(h * 3600 / CHAPTER_WAV_S)], tmp / "book.m4b")
-        run["s_per_audio_hour"] = run["seconds"] / (run["duration_s"] / 3600)
-        run["share_of_narration"] = run["s_per_audio_hour"] / (3600 * rtf)
-        run["decoded_mb"] = run["duration_s"] * SAMPLE_RATE * 4 / 1e6  # float32, as decoded
+        book = paths[: round(h * 3600 / CHAPTER_WAV_S)]
+        run = {mode: in_child(mode, book, tmp / "book.m4b") for mode in ("pre_encode", "assembly", "encode_all")}
+        for part in run.values():
+            part["s_per_audio_hour"] = part["seconds"] / (part["duration_s"] / 3600)
+            part["share_of_narration"] = part["s_per_audio_hour"] / (3600 * rtf)
+        run["assembly"]["decoded_mb"] = run["assembly"]["duration_s"] * SAMPLE_RATE * 4 / 1e6  # float32, decoded
         found[h] = run
-        print(f"assembly of {h:g} h: {run['seconds']:.1f} s, peak RSS {run['rss_peak_mb']:.0f} MB",
-              file=sys.stderr, flush=True)
+        print(f"{h:g} h: chapters encoded ahead in {run['pre_encode']['seconds']:.1f} s; assembly "
+              f"{run['assembly']['seconds']:.2f} s (peak RSS {run['assembly']['rss_peak_mb']:.0f} MB), with nothing "
+              f"encoded ahead {run['encode_all']['seconds']:.1f} s", file=sys.stderr, flush=True)
     for path in paths:
         path.unlink()
+        path.with_suffix(".m4a").unlink(missing_ok=True)
     return found
 
 
@@ -289,14 +313,18 @@ def book_figures(runs: dict[int, list[dict[str, Any]]], rtf: float) -> dict[str,
 
 
 def assembly_figures(found: dict[float, dict[str, Any]]) -> dict[str, Any]:
-    per_hour = max(run["s_per_audio_hour"] for run in found.values())  # the slower of the book lengths
-    out: dict[str, Any] = {"assembly": {f"{h:g}h": {k: round(v, 3) for k, v in run.items()}
-                                        for h, run in found.items()},
-                           "assembly_s_per_audio_hour": round(per_hour, 3),
-                           "assembly_share_of_narration": round(max(r["share_of_narration"] for r in found.values()),
-                                                                4)}
+    def worst(mode: str, key: str) -> float:  # the slower of the book lengths
+        return max(run[mode][key] for run in found.values())
+
+    out: dict[str, Any] = {"assembly": {f"{h:g}h": {mode: {k: round(v, 3) for k, v in part.items()}
+                                                    for mode, part in run.items()} for h, run in found.items()},
+                           "assembly_s_per_audio_hour": round(worst("assembly", "s_per_audio_hour"), 3),
+                           "assembly_share_of_narration": round(worst("assembly", "share_of_narration"), 4),
+                           "encode_all_s_per_audio_hour": round(worst("encode_all", "s_per_audio_hour"), 3),
+                           "encode_all_share_of_narration": round(worst("encode_all", "share_of_narration"), 4),
+                           "pre_encode_s_per_audio_hour": round(worst("pre_encode", "s_per_audio_hour"), 3)}
     for h, run in found.items():
-        out[f"assembly_peak_rss_mb_{h:g}h"] = round(run["rss_peak_mb"], 1)
+        out[f"assembly_peak_rss_mb_{h:g}h"] = round(run["assembly"]["rss_peak_mb"], 1)
     return out
 
 
@@ -318,12 +346,14 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"{count} worker(s): chapters (simulated GPU s) per worker: " + ", ".join(
             f"{name} {n} ({w['gpu_s_per_worker'][name]:.0f} s)" for name, n in w["chapters_per_worker"].items())
             + f"; submit -> last chapter {w['narration_scaling']:.2f}x one worker's")
-    print("assembly alone | audio | time | s per audio hour | share of narration at RTF | peak RSS (growth) | "
-          "decoded audio would take")
-    for name, a in out["assembly"].items():
-        print(f"{name:>14} | {a['duration_s']:.0f} s | {a['seconds']:.1f} s | {a['s_per_audio_hour']:.1f} s | "
-              f"{a['share_of_narration'] * 100:.2f} % | {a['rss_peak_mb']:.0f} MB ({a['rss_growth_mb']:+.0f} MB) | "
-              f"{a['decoded_mb']:.0f} MB")
+    print("alone, on 3-minute chapters | audio | chapters encoded ahead (off the critical path) | assembly, all "
+          "but the last encoded ahead: time (per audio hour; share of narration at RTF) | peak RSS (growth) | "
+          "assembly with nothing encoded ahead (share)")
+    for name, run in out["assembly"].items():
+        a, pre, full = run["assembly"], run["pre_encode"], run["encode_all"]
+        print(f"{name:>26} | {a['duration_s']:.0f} s | {pre['seconds']:.1f} s | {a['seconds']:.2f} s "
+              f"({a['s_per_audio_hour']:.2f} s; {a['share_of_narration'] * 100:.2f} %) | {a['rss_peak_mb']:.0f} MB "
+              f"({a['rss_growth_mb']:+.0f} MB) | {full['seconds']:.1f} s ({full['share_of_narration'] * 100:.2f} %)")
     print(f"targets: 4 workers >= 3.5x: {out['target_scaling_ok']} ({out.get('scaling_4', 'n/a')}x); "
           f"assembly <= 2 % of narration: {out['target_assembly_ok']} "
           f"({out['assembly_share_of_narration'] * 100:.2f} %)")

@@ -70,9 +70,11 @@ CHUNK_OBJECT = "chunks/{index:05d}.wav"
 CAPTIONS_OBJECTS = {"srt": "captions.srt", "vtt": "captions.vtt"}
 # Voice prompts uploaded by clients: <prefix>/voices/<sha256>.wav (content-addressed, never user text).
 VOICES_FOLDER = "voices"
-# Books (producer/books/). The Celery queue and task of assembly (the service worker consumes it, never a GPU worker).
+# Books (producer/books/). The Celery queue and tasks of a chapter's AAC encoding and of assembly (the service worker
+# consumes it, never a GPU worker).
 BOOK_QUEUE = "echoforge.books"
 BOOK_ASSEMBLE_TASK = "echoforge.books.assemble"
+BOOK_PRE_ENCODE_TASK = "echoforge.books.pre_encode"
 # One book (hash: tenant, title, author, options, its chapters' titles, the job of each part as `job:<part>`, the
 # voice anchor, and once decided its final state, result or error): echoforge:book:<book_id>; the sorted set of
 # every book id by creation time; the set of parts whose narration is finished: echoforge:book:<book_id>:finished;

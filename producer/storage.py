@@ -55,6 +55,10 @@ class Storage(ABC):
     @abstractmethod
     def delete(self, keys: list[str]) -> None: ...
 
+    @abstractmethod
+    def download_if_exists(self, key: str, destination: Path) -> bool:
+        """Like download, but False (and nothing written) when there is no such object."""
+
     def local_path(self, key: str) -> Path | None:
         """The object's file, where storage is a local directory (else None)."""
         return None
@@ -101,6 +105,12 @@ class LocalStorage(Storage):
             shutil.copyfile(self.root / key, destination)
         except OSError as e:
             raise StorageError(f"cannot read {self.root / key}: {e.strerror}") from e
+
+    def download_if_exists(self, key: str, destination: Path) -> bool:
+        if not (self.root / key).is_file():
+            return False
+        self.download(key, destination)
+        return True
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._write(key, lambda tmp: Path(tmp).write_bytes(data))
@@ -170,6 +180,21 @@ class S3Storage(Storage):
         self._retrying(f"download of {self.url_for(key)}",
                        lambda: self.client.download_file(self.bucket, key, str(destination)))
 
+    def download_if_exists(self, key: str, destination: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        def fetch() -> bool:
+            try:
+                self.client.download_file(self.bucket, key, str(destination))
+                return True
+            except ClientError as e:
+                if not _missing(e):
+                    raise
+                destination.unlink(missing_ok=True)
+                return False
+
+        return self._retrying(f"download of {self.url_for(key)}", fetch)
+
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._retrying(f"upload to {self.url_for(key)}", lambda: self.client.put_object(
             Bucket=self.bucket, Key=key, Body=data, ContentType=content_type))
@@ -180,8 +205,8 @@ class S3Storage(Storage):
         def read() -> bytes | None:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except ClientError as e:  # by code: `client.exceptions.NoSuchKey` is built lazily, racily across threads
-                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            except ClientError as e:
+                if _missing(e):
                     return None
                 raise
 
@@ -211,6 +236,12 @@ class S3Storage(Storage):
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def _missing(error: Any) -> bool:
+    """A ClientError saying there is no such object (by code: `client.exceptions.NoSuchKey` is built lazily, racily
+    across threads)."""
+    return bool(error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"))
 
 
 def is_transient(error: BaseException) -> bool:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from producer.books.assembly import ChapterAudio, ChapterMark, assemble_m4b, book_captions
+from producer.books.chapter_aac import aac_rate, read_aac
 from producer.books.client import BookClient
+from producer.books.pre_encode import aac_key, narration_file
 from producer.books.record import Book
-from producer.errors import EchoForgeError, ErrorCode
+from producer.errors import EchoForgeError, ErrorCode, StorageError
 from producer.job import Job
 from producer.states import JobState
 
@@ -55,22 +57,48 @@ def assemble_book(books: BookClient, book_id: str) -> Assembly:
         books.books.unlock_assembly(book_id)
 
 
+def _chapters(books: BookClient, book: Book, chapters: list[Job], rate: int, folder: Path) -> list[ChapterAudio]:
+    """Each chapter's files in `folder`: its pre-encoded AAC where it exists at the book's rate (the narration is then
+    not downloaded), else its narration; and its captions."""
+    audio, copied = [], 0
+    for chapter, job in zip(book.chapters, chapters, strict=True):
+        result, index = job.result or {}, chapter["index"]
+        aac = _pre_encoded(books, book.id, index, result, rate, folder / f"{index:04d}.m4a")
+        path, raw_rate = (folder / f"{index:04d}.unused", None) if aac else \
+            narration_file(books.storage, result, folder, f"{index:04d}")
+        vtt = books.storage.get_bytes(result["captions"]["vtt"]) if result.get("captions") else None
+        audio.append(ChapterAudio(chapter["title"], path, vtt.decode() if vtt else None, raw_rate, aac))
+        copied += aac is not None
+    log.info("book %s: %d of %d chapters already encoded to AAC", book.id, copied, len(chapters))
+    return audio
+
+
+def _pre_encoded(books: BookClient, book_id: str, index: int, result: dict[str, Any], rate: int,
+                 destination: Path) -> Path | None:
+    """The chapter's AAC downloaded to `destination` when it was made (producer/books/pre_encode.py) at `rate` and
+    reads as AAC; else None."""
+    if not result.get("sha256") or aac_rate(int(result["sample_rate"])) != rate:
+        return None
+    if not books.storage.download_if_exists(aac_key(books, book_id, index, result["sha256"]), destination):
+        return None
+    try:
+        read_aac(f"chapter {index}", destination)
+    except StorageError as error:
+        log.warning("book %s: chapter %d's AAC is unusable, encoding it again: %s", book_id, index, error)
+        return None
+    return destination
+
+
 def _assemble(books: BookClient, book: Book, chapters: list[Job]) -> dict[str, Any]:
     storage = books.storage
     with tempfile.TemporaryDirectory(prefix=f"echoforge-book-{book.id[:8]}-") as tmp:
         folder = Path(tmp)
-        audio = []
-        for chapter, job in zip(book.chapters, chapters, strict=True):
-            result = job.result or {}
-            path = folder / f"{chapter['index']:04d}.{result['key'].rsplit('.', 1)[-1]}"
-            storage.download(result["key"], path)
-            vtt = storage.get_bytes(result["captions"]["vtt"]) if result.get("captions") else None
-            audio.append(ChapterAudio(chapter["title"], path, vtt.decode() if vtt else None,
-                                      result.get("sample_rate")))
+        rate = aac_rate(int((chapters[0].result or {})["sample_rate"]))  # the first chapter's, as pre_encode makes it
+        audio = _chapters(books, book, chapters, rate, folder)
         cover = storage.get_bytes(books.object_key(book.id, "cover")) if book.cover_type else None
         m4b = folder / "book.m4b"
         marks = assemble_m4b(audio, m4b, title=book.title, author=book.author, cover=cover,
-                             cover_type=book.cover_type)
+                             cover_type=book.cover_type, rate=rate)
         srt, vtt_text = book_captions(audio, marks)
         names = {"audio": "book.m4b", "srt": "book.srt", "vtt": "book.vtt", "manifest": "book-manifest.json"}
         keys = {kind: books.object_key(book.id, name) for kind, name in names.items()}

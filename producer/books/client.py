@@ -170,8 +170,9 @@ class BookClient:
     def part_narrated(self, job: Job, result: dict[str, Any], rerendered: bool = False) -> None:
         """Called by the worker once a part's narration is delivered, before its job succeeds (so a worker that dies
         in between runs the part again and calls this again): the anchor becomes the book's voice and the chapters
-        are enqueued; the last chapter sends the assembly. A re-rendered chapter of an assembled book has the book
-        assembled again (its M4B replaced)."""
+        are enqueued; a chapter has its AAC made for the assembly at once (producer/books/pre_encode.py), except the
+        last, which sends the assembly. A re-rendered chapter of an assembled book has the book assembled again (its
+        M4B replaced)."""
         assert job.book_id and job.book_part
         if rerendered and job.book_part != ANCHOR and self.books.get(job.book_id).state is JobState.SUCCEEDED:
             self.books.reopen(job.book_id)
@@ -182,7 +183,11 @@ class BookClient:
             self.fan_out(job.book_id)
             return
         if self.books.part_finished(job.book_id, job.book_part) >= len(self.books.get(job.book_id).chapters):
-            self.send_assembly(job.book_id)
+            self.send_assembly(job.book_id)  # encodes this chapter itself: it would wait for it anyway
+        else:
+            fields = {k: result.get(k) for k in ("key", "sha256", "format", "sample_rate", "duration_s")}
+            self.narrations.send_task(keys.BOOK_PRE_ENCODE_TASK, [job.book_id, int(job.book_part), fields],
+                                      keys.BOOK_QUEUE)
 
 
 def _parse(fields: dict[str, Any], what: str) -> NarrationRequest:

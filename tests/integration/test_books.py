@@ -3,6 +3,7 @@ once by the service worker into an M4B with a chapter marker per chapter; a kill
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import psutil
 import pytest
 
@@ -83,7 +85,7 @@ def test_an_epub_becomes_one_m4b_with_a_marker_per_chapter_narrated_on_two_worke
     start_webhook_worker: Callable[..., services.Worker], tmp_path: Path,
 ) -> None:
     workers = [start_worker(settings, name=n, extra_env=SLOW) for n in ("gpu1", "gpu2")]
-    start_webhook_worker(settings)
+    service = start_webhook_worker(settings)
     books = BookClient(client)
     book_id = _submit(settings, tmp_path, make_epub(CHAPTERS, cover=cover_png()))
     final = _wait(books, book_id, lambda s: s["state"] in ("succeeded", "failed"))
@@ -110,6 +112,25 @@ def test_an_epub_becomes_one_m4b_with_a_marker_per_chapter_narrated_on_two_worke
     _assert_captions_inside_chapters(_read(settings, final["result"]["captions"]["vtt"]).decode(), book_manifest)
     assert [k for k in _objects(settings, f"books/{book_id}/") if k.endswith(".m4b")] == \
         [f"narrations/books/{book_id}/book.m4b"], "exactly one M4B"
+    _assert_chapters_sound_as_narrated(settings, m4b, jobs, book_manifest)
+    copied = int(re.findall(rf"book {book_id}: (\d+) of 6 chapters already encoded", service.log())[-1])
+    assert 1 <= copied <= 5, "chapters encoded while others were narrated; the last one at assembly"
+
+
+def _assert_chapters_sound_as_narrated(settings: Settings, m4b: Path, jobs: list[Any],
+                                       manifest: dict[str, Any]) -> None:
+    """Each chapter's audio in the M4B, from its mark plus its priming, is its own narration (AAC-coded)."""
+    import av
+    import soundfile as sf
+
+    with av.open(str(m4b)) as container:
+        book = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    for job, mark in zip(jobs, manifest["chapters"], strict=True):
+        narration, rate = sf.read(io.BytesIO(_read(settings, job.result["key"])), dtype="float32")
+        start = round((mark["start_s"] + mark["audio_offset_s"]) * rate)
+        heard = book[start: start + len(narration)]
+        assert len(heard) == len(narration) and start + len(narration) <= round(mark["end_s"] * rate)
+        assert np.corrcoef(heard, narration)[0, 1] > 0.95, f"chapter {mark['index']} is not its narration"
 
 
 def _assert_captions_inside_chapters(vtt: str, manifest: dict[str, Any]) -> None:

@@ -23,7 +23,10 @@ from mutagen.mp4 import MP4, MP4Cover, MP4Info
 from producer.audio_formats import FORMATS, AudioEncoder
 from producer.books.assembly import ChapterAudio, ChapterMark, assemble_m4b, book_captions
 from producer.books.captions import parse_vtt
+from producer.books.chapter_aac import encode_aac
+from producer.books.pre_encode import pre_encode_chapter
 from producer.errors import InvalidRequestError, StorageError
+from producer.storage import LocalStorage
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 24_000
@@ -94,8 +97,10 @@ def test_the_marks_tile_the_book_and_match_the_chapters(book: tuple[list[Chapter
     for mark, (fmt, seconds, _, _) in zip(marks, CHAPTERS, strict=True):
         assert mark.samples == round((mark.end_s - mark.start_s) * RATE)
         gap = 0.5 if mark.index < len(CHAPTERS) - 1 else 0.0
+        files = 2 if gap else 1  # the chapter's AAC, then the gap's: each adds its priming and pads to a frame
         extra = mark.end_s - mark.start_s - seconds - gap  # lossy chapters decode their padding and delay too
-        assert -1 / RATE <= extra <= FORMATS[fmt].slack_s + 1 / RATE, (fmt, extra)
+        assert files * FRAME_S - 1 / RATE <= extra <= files * 2 * FRAME_S + FORMATS[fmt].slack_s, (fmt, extra)
+        assert mark.samples % 1024 == 0 and mark.audio_offset_s == FRAME_S  # FFmpeg's AAC primes one frame
 
 
 def test_pyav_reads_the_chapters_and_the_whole_length(book: tuple[list[ChapterAudio], list[ChapterMark], Path]):
@@ -104,7 +109,7 @@ def test_pyav_reads_the_chapters_and_the_whole_length(book: tuple[list[ChapterAu
         chapters = container.chapters()
         stream = container.streams.audio[0]
         assert (stream.codec_context.name, stream.codec_context.channels) == ("aac", 1)
-        assert 48_000 <= (stream.bit_rate or 0) <= 80_000
+        assert 0 < (stream.bit_rate or 0) <= 80_000  # 64 kb/s at most: tones and silence take fewer bits
         assert container.metadata["major_brand"].strip() == "M4B"
     assert [c["metadata"]["title"] for c in chapters] == [m.title for m in marks]
     for chapter, mark in zip(chapters, marks, strict=True):
@@ -114,7 +119,7 @@ def test_pyav_reads_the_chapters_and_the_whole_length(book: tuple[list[ChapterAu
         assert abs(float(chapter["end"] * time_base) - mark.end_s) <= FRAME_S
     audio, rate = _decoded(out)
     assert rate == RATE  # the first chapter's
-    assert 0 <= len(audio) - round(marks[-1].end_s * RATE) < 1024  # the priming is cut; at most a frame's padding
+    assert len(audio) == marks[-1].samples + round(marks[-1].start_s * RATE)  # every frame of every chapter
 
 
 def test_each_chapter_sounds_where_its_mark_says(book: tuple[list[ChapterAudio], list[ChapterMark], Path]):
@@ -128,9 +133,9 @@ def test_each_chapter_sounds_where_its_mark_says(book: tuple[list[ChapterAudio],
         if mark.index < len(marks) - 1:  # the gap is silent
             gap = audio[round((mark.end_s - 0.35) * RATE): round((mark.end_s - 0.1) * RATE)]
             assert np.sqrt(np.mean(gap ** 2)) < 0.01, mark.title
-    flac = marks[1]  # a lossless chapter starts right at its mark, after the first chapter's silence
+    flac = marks[1]  # a lossless chapter's sound begins its priming after its mark, after the first chapter's silence
     onset = round(flac.start_s * RATE) - 2048 + np.argmax(np.abs(audio[round(flac.start_s * RATE) - 2048:]) > 0.1)
-    assert abs(onset / RATE - flac.start_s) <= FRAME_S
+    assert abs(onset / RATE - (flac.start_s + flac.audio_offset_s)) <= 0.002
 
 
 def test_mutagen_reads_the_chapters_tags_and_cover(book: tuple[list[ChapterAudio], list[ChapterMark], Path]):
@@ -141,8 +146,7 @@ def test_mutagen_reads_the_chapters_tags_and_cover(book: tuple[list[ChapterAudio
     assert [c.title for c in read] == [m.title for m in marks]
     for chapter, mark in zip(read, marks, strict=True):
         assert abs(chapter.start - mark.start_s) <= FRAME_S
-    # mutagen's length is the track's, the encoder's priming (one frame) included: the edit list is not applied
-    assert 0 <= cast(MP4Info, mp4.info).length - marks[-1].end_s <= FRAME_S + 1e-6
+    assert abs(cast(MP4Info, mp4.info).length - marks[-1].end_s) <= 1 / RATE
     tags = mp4.tags
     assert tags is not None
     assert tags["©nam"] == ["The Book"] and tags["©alb"] == ["The Book"]
@@ -167,7 +171,7 @@ def test_book_captions_are_shifted_into_their_chapters(book: tuple[list[ChapterA
     assert len(captioned) == 4
     expected = []
     for mark in captioned:
-        start, end = round(mark.start_s * 1000), int(mark.end_s * 1000)
+        start, end = round((mark.start_s + mark.audio_offset_s) * 1000), int(mark.end_s * 1000)
         expected += [(start + 100, start + 400, "First line\nsecond line"),
                      (start + 450, min(start + 5000, end), "Runs past the chapter's end")]
     for fmt, text in (("srt", srt), ("webvtt", vtt)):
@@ -230,7 +234,8 @@ def test_a_single_chapter_has_no_gap_and_no_cover_is_fine(tmp_path: Path) -> Non
     sf.write(path, _tone(0.75, 44_100, 440), 44_100, subtype="PCM_16")
     out = tmp_path / "one.m4b"
     (mark,) = assemble_m4b([ChapterAudio("Only", path)], out, title="Short", gap_s=3.0)
-    assert (mark.start_s, mark.end_s, mark.samples) == (0.0, 0.75, 33_075)
+    assert mark.start_s == 0.0 and mark.samples == 34 * 1024  # 0.75 s, its priming and its padding: no gap
+    assert mark.end_s == mark.samples / 44_100
     mp4 = MP4(out)
     assert mp4.tags is not None and "covr" not in mp4.tags and "©ART" not in mp4.tags
     assert mp4.info.sample_rate == 44_100
@@ -263,5 +268,65 @@ def test_memory_stays_flat_for_a_long_book(tmp_path: Path) -> None:
                            cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                            check=True, timeout=120)
     growth_mb, end_s = map(float, probe.stdout.split())
-    assert end_s == 3 * 600 + 2 * 1.0
+    assert 0 < end_s - (3 * 600 + 2 * 1.0) < 5 * 2 * 1024 / RATE  # five AAC files: their primings and paddings
     assert growth_mb < 40, f"peak RSS grew by {growth_mb:.0f} MB"
+
+
+def _packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(audio=0) if p.size]
+
+
+def test_a_pre_encoded_chapter_is_copied_packet_for_packet_and_its_narration_not_read(tmp_path: Path) -> None:
+    narrations = [tmp_path / "one.wav", tmp_path / "two.wav"]
+    for path, hz in zip(narrations, (300, 600), strict=True):
+        sf.write(path, _tone(1.2, RATE, hz), RATE, subtype="PCM_16")
+    aacs = [encode_aac(path.stem, path, tmp_path / f"{path.stem}.m4a") for path in narrations]
+    for path in narrations:
+        path.unlink()  # only the AAC is there
+    out = tmp_path / "book.m4b"
+    marks = assemble_m4b([ChapterAudio(p.stem, p, aac=a.path) for p, a in zip(narrations, aacs, strict=True)], out,
+                         title="Copied", gap_s=0.5)
+    book = _packets(out)
+    first, second = _packets(aacs[0].path), _packets(aacs[1].path)
+    assert book[:len(first)] == first and book[-len(second):] == second  # not one bit encoded again
+    assert marks[1].start_s == (len(book) - len(second)) * FRAME_S
+
+
+def test_a_pre_encoded_chapter_at_another_rate_or_damaged_is_encoded_again(tmp_path: Path) -> None:
+    chapters = []
+    for index, (hz, aac_at) in enumerate([(300, None), (600, 16_000), (900, "junk")]):
+        narration = tmp_path / f"c{index}.wav"
+        sf.write(narration, _tone(1.0, RATE, hz), RATE, subtype="PCM_16")
+        aac = tmp_path / f"c{index}.m4a"
+        if aac_at == "junk":
+            aac.write_bytes(b"\x00\x00\x00\x18ftypM4A " + bytes(200))
+        elif aac_at:
+            encode_aac("other rate", narration, aac, rate=int(aac_at))
+        chapters.append(ChapterAudio(f"C{index}", narration, aac=aac if aac_at else None))
+    out = tmp_path / "book.m4b"
+    marks = assemble_m4b(chapters, out, title="Mixed", gap_s=0.5)
+    audio, rate = _decoded(out)
+    assert rate == RATE
+    for mark, hz in zip(marks, (300, 600, 900), strict=True):
+        middle = round((mark.start_s + mark.audio_offset_s + 0.5) * RATE)
+        peak = np.argmax(np.abs(np.fft.rfft(audio[middle - 2048: middle + 2048] * np.hanning(4096)))) * RATE / 4096
+        assert abs(peak - hz) < 2 * RATE / 4096, (mark.title, peak)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "pcm"])
+def test_a_narrated_chapter_is_encoded_ahead_from_its_own_format(fmt: str, tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "objects")
+    narration = tmp_path / f"narration.{FORMATS[fmt].extension}"
+    _write(narration, fmt, _tone(1.0, RATE, 440), RATE)
+    key = storage.key_for("job", narration.name)
+    storage.put_file(key, narration, FORMATS[fmt].content_type)
+    result = {"key": key, "format": fmt, "sample_rate": RATE, "sha256": "ab" * 32, "duration_s": 1.0}
+    pre_encode_chapter(storage, "books/b/aac/0000.m4a", 0, result)
+    aac = tmp_path / "chapter.m4a"
+    assert storage.download_if_exists("books/b/aac/0000.m4a", aac)
+    audio, rate = _decoded(aac)
+    assert rate == RATE
+    spectrum = np.abs(np.fft.rfft(audio[4096:8192] * np.hanning(4096)))
+    assert abs(np.argmax(spectrum) * RATE / 4096 - 440) < 2 * RATE / 4096
+    assert spectrum.max() > 50 * np.median(spectrum)  # a clean tone, not bytes of another format read as samples
