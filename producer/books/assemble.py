@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ __all__ = ["Assembly", "assemble_book"]
 log = logging.getLogger(__name__)
 
 Assembly = Literal["done", "waiting", "busy", "skipped"]
+FETCHERS = 8  # chapters downloaded side by side (S3 clients are thread-safe; a small book's latency is round trips)
 LOCK_TTL_S = 3600.0  # longer than any assembly; a worker that dies holding it has its message redelivered later
 
 
@@ -58,18 +60,20 @@ def assemble_book(books: BookClient, book_id: str) -> Assembly:
 
 
 def _chapters(books: BookClient, book: Book, chapters: list[Job], rate: int, folder: Path) -> list[ChapterAudio]:
-    """Each chapter's files in `folder`: its pre-encoded AAC where it exists at the book's rate (the narration is then
-    not downloaded), else its narration; and its captions."""
-    audio, copied = [], 0
-    for chapter, job in zip(book.chapters, chapters, strict=True):
+    """Each chapter's files in `folder`, FETCHERS at a time: its pre-encoded AAC where it exists at the book's rate
+    (the narration is then not downloaded), else its narration; and its captions."""
+    def fetch(chapter: dict[str, Any], job: Job) -> ChapterAudio:
         result, index = job.result or {}, chapter["index"]
         aac = _pre_encoded(books, book.id, index, result, rate, folder / f"{index:04d}.m4a")
         path, raw_rate = (folder / f"{index:04d}.unused", None) if aac else \
             narration_file(books.storage, result, folder, f"{index:04d}")
         vtt = books.storage.get_bytes(result["captions"]["vtt"]) if result.get("captions") else None
-        audio.append(ChapterAudio(chapter["title"], path, vtt.decode() if vtt else None, raw_rate, aac))
-        copied += aac is not None
-    log.info("book %s: %d of %d chapters already encoded to AAC", book.id, copied, len(chapters))
+        return ChapterAudio(chapter["title"], path, vtt.decode() if vtt else None, raw_rate, aac)
+
+    with ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix="fetch") as pool:
+        audio = list(pool.map(fetch, book.chapters, chapters))
+    log.info("book %s: %d of %d chapters already encoded to AAC", book.id, sum(a.aac is not None for a in audio),
+             len(chapters))
     return audio
 
 
@@ -102,11 +106,14 @@ def _assemble(books: BookClient, book: Book, chapters: list[Job]) -> dict[str, A
         srt, vtt_text = book_captions(audio, marks)
         names = {"audio": "book.m4b", "srt": "book.srt", "vtt": "book.vtt", "manifest": "book-manifest.json"}
         keys = {kind: books.object_key(book.id, name) for kind, name in names.items()}
-        storage.put_file(keys["audio"], m4b, "audio/mp4")
-        storage.put_bytes(keys["srt"], srt.encode(), "application/x-subrip")
-        storage.put_bytes(keys["vtt"], vtt_text.encode(), "text/vtt")
-        manifest = _manifest(book, chapters, marks)
-        storage.put_bytes(keys["manifest"], json.dumps(manifest, indent=1).encode(), "application/json")
+        manifest = json.dumps(_manifest(book, chapters, marks), indent=1).encode()
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload") as pool:  # four objects, side by side
+            uploads = [pool.submit(storage.put_file, keys["audio"], m4b, "audio/mp4"),
+                       pool.submit(storage.put_bytes, keys["srt"], srt.encode(), "application/x-subrip"),
+                       pool.submit(storage.put_bytes, keys["vtt"], vtt_text.encode(), "text/vtt"),
+                       pool.submit(storage.put_bytes, keys["manifest"], manifest, "application/json")]
+            for upload in uploads:
+                upload.result()
         return {"url": storage.url_for(keys["audio"]), "bucket": storage.bucket, "key": keys["audio"],
                 "format": "m4b", "duration_s": round(marks[-1].end_s, 3), "bytes": m4b.stat().st_size,
                 "chapters": len(marks), "captions": {"srt": keys["srt"], "vtt": keys["vtt"]},
