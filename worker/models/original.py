@@ -167,10 +167,10 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _mapped(state: dict[str, Any], config: Any, source: str) -> dict[str, Any]:
-    """The original parameters under transformers' names, q/k rows reordered for transformers' rotary layout."""
-
-    out = {}
+def _mapped(state: dict[str, Any], config: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the original parameters under transformers' names, q/k rows reordered for transformers' rotary layout;
+    each transformers name's original name)."""
+    out, origin = {}, {}
     for name, tensor in state.items():
         if _IGNORED.search(name):
             continue
@@ -180,11 +180,11 @@ def _mapped(state: dict[str, Any], config: Any, source: str) -> dict[str, Any]:
             heads = part.num_attention_heads if "q_proj" in target else part.num_key_value_heads
             rows, cols = tensor.shape
             tensor = tensor.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-        out[target] = tensor
+        out[target], origin[target] = tensor, name
     audio = out.get("backbone_model.embed_tokens.embed_audio_tokens.weight")
-    if audio is not None:
+    if audio is not None:  # the depth decoder's copy of the audio embeddings (tied)
         out["depth_decoder.model.embed_tokens.weight"] = audio
-    return out
+    return out, origin
 
 
 def _model(config: Any, state: dict[str, Any], source: str) -> Any:
@@ -196,8 +196,8 @@ def _model(config: Any, state: dict[str, Any], source: str) -> Any:
     model.codec_model = None  # moshi's Mimi decodes
     model.to_empty(device="cpu")
     expected = model.state_dict()
-    mapped = _mapped(state, config, source)
-    _check(mapped, expected, source)
+    mapped, origin = _mapped(state, config)
+    _check(mapped, expected, origin, source)
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
     model.tie_weights()
     # buffers outside the state dict (built on "meta", so empty): compute them again
@@ -209,11 +209,14 @@ def _model(config: Any, state: dict[str, Any], source: str) -> Any:
     return model.eval()
 
 
-def _check(mapped: dict[str, Any], expected: dict[str, Any], source: str) -> None:
-    unknown = sorted(set(mapped) - set(expected))
+def _check(mapped: dict[str, Any], expected: dict[str, Any], origin: dict[str, str], source: str) -> None:
+    """Every parameter the config needs, and no other, each of its shape; named as in the checkpoint where it has
+    the name (a missing one by what the engine lacks)."""
+    unknown = sorted(origin[k] for k in set(mapped) - set(expected))
     missing = sorted(set(expected) - set(mapped))
-    wrong = [f"{k} is {list(mapped[k].shape)}, the config needs {list(expected[k].shape)}"
-             for k in sorted(set(mapped) & set(expected)) if mapped[k].shape != expected[k].shape]
+    shared = sorted(set(mapped) & set(expected), key=lambda k: origin.get(k, k))
+    wrong = list(dict.fromkeys(f"{origin.get(k, k)} is {list(mapped[k].shape)}, the config needs "
+                               f"{list(expected[k].shape)}" for k in shared if mapped[k].shape != expected[k].shape))
     for problem, names in (("unknown parameters", unknown), ("missing parameters", missing),
                            ("parameters of the wrong shape", wrong)):
         if names:
