@@ -131,7 +131,7 @@ def test_bad_or_mismatched_files_are_a_load_error_naming_the_problem(original_tw
 
 
 def test_the_original_format_asked_of_a_transformers_directory_says_what_is_missing(tiny_checkpoint: Path) -> None:
-    with pytest.raises(CSMModelLoadError, match="no original-format weights: ckpt.pt"):
+    with pytest.raises(CSMModelLoadError, match=r"no original-format weights: ckpt\.pt"):
         create_csm_model(model_path=str(tiny_checkpoint), device="cpu",
                          settings=Settings(allow_placeholder=False, model_format="original"))
 
