@@ -6,7 +6,7 @@ import gc
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +190,7 @@ class CSMModel(SpeechModel):
     def stream_speech(self, text: str, speaker_id: int = DEFAULT_SPEAKER_ID, temperature: float = DEFAULT_TEMPERATURE,
                       top_k: int = DEFAULT_TOP_K, context: list[Segment] | None = None,
                       max_audio_length_ms: float | None = None, seed: int | None = None,
-                      frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Iterator[np.ndarray]:
+                      frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Generator[np.ndarray, None, None]:
         """`text`'s speech as it is generated: mono float32 24 kHz pieces of `frames_per_chunk` frames (80 ms each),
         through moshi's streaming Mimi; joined, they equal generate_speech's audio before its silent tail is trimmed.
         Not to be run beside another generation on the same model."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +26,7 @@ class _Stopped(Exception):
 
 
 def stream_frames(generate: Callable[[OnFrame], Any], codec: MoshiCodec,
-                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Iterator[np.ndarray]:
+                  frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Generator[np.ndarray, None, None]:
     """Mono float32 24 kHz pieces of one row's audio, each `frames_per_chunk` frames (the last may be shorter).
 
     `generate(on_frame)` runs the engine for one row; it runs on a thread of its own, which also decodes, so the
