@@ -4,6 +4,7 @@ original-format checkpoint and its transformers-format twin holding the same wei
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -140,3 +141,40 @@ def test_an_uncached_hub_model_in_the_original_format_is_not_found(monkeypatch: 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CSMModelNotFoundError, match="no-such-org/no-such-model"):
         CSMModel(None, device="cpu", model_id="no-such-org/no-such-model", model_format="original")
+
+
+def torchtune_llama3_frequencies(head_dim: int, base: float, scale: float = 32, low: float = 1, high: float = 4,
+                                 old_context: int = 8192) -> torch.Tensor:
+    """torchtune's Llama3ScaledRoPE frequencies (the reference's rotary embedding), written out."""
+    frequencies = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    scaled = []
+    for frequency in frequencies.tolist():
+        wavelength = 2 * math.pi / frequency
+        if wavelength < old_context / high:
+            scaled.append(frequency)
+        elif wavelength > old_context / low:
+            scaled.append(frequency / scale)
+        else:
+            smooth = (old_context / wavelength - low) / (high - low)
+            scaled.append((1 - smooth) * frequency / scale + smooth * frequency)
+    return torch.tensor(scaled)
+
+
+def test_the_reference_csm_1b_model_args_give_transformers_csm_1b_architecture() -> None:
+    """sesame/csm-1b's ckpt.pt is read with the reference's ModelArgs and flavors: the config built from them is
+    transformers' CSM-1B, with the reference's rotary frequencies (torchtune's Llama3 scaling)."""
+    from transformers import CsmConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tests.csm_checkpoint import build_tokenizer
+    from worker.models.original import CSM_1B_ARGS, _csm_config
+
+    built, reference = _csm_config(CSM_1B_ARGS, build_tokenizer(), 2048), CsmConfig()
+    fields = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "rms_norm_eps", "rope_theta", "vocab_size"]
+    for ours, theirs in ((built, reference), (built.depth_decoder_config, reference.depth_decoder_config)):
+        assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+        frequencies = ROPE_INIT_FUNCTIONS["llama3"](ours, "cpu")[0]
+        assert torch.allclose(frequencies, torchtune_llama3_frequencies(ours.head_dim, ours.rope_theta), rtol=1e-5)
+    assert (built.text_vocab_size, built.num_codebooks, built.max_position_embeddings) == (128_256, 32, 2048)
+    assert built.codec_config.codebook_size == reference.codec_config.codebook_size

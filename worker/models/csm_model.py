@@ -122,6 +122,7 @@ class CSMModel(SpeechModel):
         try:
             _place(self.model, self.device, getattr(torch, self.dtype))
             self.codec = None if codec is None else codec.to(self.device)  # None: the checkpoint's own (transformers)
+            self.codec_name = "transformers-mimi" if codec is None else codec.name
             self.engine: CsmEngine | None = CsmEngine(self.model)
         except RuntimeError as e:  # out of memory, or a CUDA error (driver, no kernel for this GPU): try the CPU
             if not (isinstance(e, torch.OutOfMemoryError) or self.device.startswith("cuda")):
@@ -138,8 +139,7 @@ class CSMModel(SpeechModel):
     def describe(self) -> dict[str, Any]:
         """Also the compute dtype and, when any CUDA graph capture failed (the depth decoder ran eagerly), why."""
         failures = self.engine.graph_failures if self.engine is not None else []
-        codec = "transformers-mimi" if self.codec is None else self.codec.name
-        return {**super().describe(), "dtype": self.dtype, "format": self.model_format, "codec": codec,
+        return {**super().describe(), "dtype": self.dtype, "format": self.model_format, "codec": self.codec_name,
                 **({"graph_capture_failures": failures} if failures else {})}
 
     def decode(self, codes: Any) -> np.ndarray:

@@ -122,9 +122,10 @@ def _codec(path: Path, codebooks: int, vocab: int) -> MoshiCodec:
 
 def _llama(flavor: dict[str, Any]) -> dict[str, Any]:
     scale = flavor.get("scale_factor")
-    # torchtune's Llama3ScaledRoPE defaults, as transformers spells them
-    scaling = None if scale is None else {"rope_type": "llama3", "factor": float(scale), "low_freq_factor": 1.0,
-                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    # torchtune's Llama3ScaledRoPE (old context 8192, low/high frequency factors 1 and 4) as sesame/csm-1b's
+    # transformers config spells it: the same wavelength bounds and smoothing (8192 / 1 = 1024 / 0.125, ...)
+    scaling = None if scale is None else {"rope_type": "llama3", "factor": float(scale), "low_freq_factor": 0.125,
+                                          "high_freq_factor": 0.5, "original_max_position_embeddings": 1024}
     return {"hidden_size": flavor["embed_dim"], "intermediate_size": flavor["intermediate_dim"],
             "num_hidden_layers": flavor["num_layers"], "num_attention_heads": flavor["num_heads"],
             "num_key_value_heads": flavor["num_kv_heads"], "max_position_embeddings": flavor["max_seq_len"],
