@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from worker.models.engine import Sampling
 from worker.models.moshi_codec import MoshiCodec
 from worker.models.original import MIMI_WEIGHTS
 
+REPO = Path(__file__).resolve().parents[2]
 TEXT = "The lighthouse keeper counted the waves."
 STRICT = Settings(allow_placeholder=False)
 
@@ -137,8 +141,37 @@ def test_the_original_format_asked_of_a_transformers_directory_says_what_is_miss
                          settings=Settings(allow_placeholder=False, model_format="original"))
 
 
-def test_an_uncached_hub_model_in_the_original_format_is_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _cached_repo(hub: Path, repo: str, files: list[Path], commit: str) -> None:
+    """`files` as the Hugging Face cache under HF_HOME holds a repo downloaded at `commit` (its main branch)."""
+    root = hub / f"models--{repo.replace('/', '--')}"
+    (root / "snapshots" / commit).mkdir(parents=True)
+    for file in files:
+        shutil.copy(file, root / "snapshots" / commit / file.name)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_id_in_the_original_format_loads_from_the_hf_cache_at_the_pinned_revision(
+        original_twin: Path, tmp_path: Path) -> None:
+    """HF_HOME, HF_HUB_OFFLINE and the revision pin, as for the transformers format; Mimi from moshi's repo, as the
+    reference fetches it, when the model's repo has none."""
+    commit, repo = "0123456789abcdef0123456789abcdef01234567", "echoforge/tiny-csm-original"
+    ours = [f for f in original_twin.iterdir() if f.name not in (MIMI_WEIGHTS, "mimi_config.json")]
+    _cached_repo(tmp_path / "hub", repo, ours, commit)
+    mimi = [original_twin / MIMI_WEIGHTS, original_twin / "mimi_config.json"]
+    _cached_repo(tmp_path / "hub", "kyutai/moshiko-pytorch-bf16", mimi, "f" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "ECHOFORGE_MODEL_ID": repo,
+           "ECHOFORGE_MODEL_REVISION": commit, "ECHOFORGE_MODEL_FORMAT": "original",
+           "ECHOFORGE_ALLOW_PLACEHOLDER": "false", "PYTHONPATH": str(REPO)}
+    script = "import json; from worker.models import create_csm_model; print(json.dumps(create_csm_model(" \
+             "device='cpu').describe()))"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (info["id"], info["revision"], info["format"], info["codec"]) == (repo, commit, "original", "moshi-mimi")
+
+
+def test_an_uncached_hub_model_in_the_original_format_is_not_found() -> None:
     with pytest.raises(CSMModelNotFoundError, match="no-such-org/no-such-model"):
         CSMModel(None, device="cpu", model_id="no-such-org/no-such-model", model_format="original")
 
