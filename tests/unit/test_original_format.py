@@ -112,6 +112,7 @@ def _truncate(name: str) -> Callable[[Path], None]:
 
 BREAKAGES = {
     "no-mimi": (lambda d: (d / MIMI_WEIGHTS).unlink(), f"lacks Mimi's weights {MIMI_WEIGHTS}"),
+    "no-tokenizer": (lambda d: [f.unlink() for f in d.glob("*token*.json")], "has no usable text tokenizer"),
     "corrupt-mimi": (_truncate(MIMI_WEIGHTS), f"{MIMI_WEIGHTS} does not load as moshi's Mimi"),
     "corrupt-weights": (_truncate("model.safetensors"), "model.safetensors is not a readable checkpoint"),
     "missing-parameter": (_edit_weights(lambda s: s.pop("decoder.layers.0.attn.q_proj.weight")),
