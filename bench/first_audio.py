@@ -7,25 +7,38 @@ streaming's first byte within the first chunk's generation time + 150 ms, whatev
 the short first chunk, that generation time is at most 1/3 of a normal (300-character) chunk's.
 
     ./dev bench first_audio [--rtf 0.1] [--repeats 3] [--json]
+
+`--frames` measures frame-level streaming instead, on the model itself (CSMModel, in process, no queue): the
+random-weight reduced CSM architecture (CSM-1B's widths, `--backbone-layers` / `--depth-layers`), one normal
+300-character chunk with its frame count forced to what it would speak (20 s at 15 characters a second), seconds
+from the call to the first mp3 bytes, in the same run: chunk streaming (generate_speech, then encode: what a worker
+stores and the endpoint sends today) against frame streaming (stream_speech, `--frames-per-chunk` frames a piece,
+each piece encoded as it comes). Target: frame streaming's first bytes in 1/10 of chunk streaming's or less.
+
+    ./dev bench first_audio --frames [--repeats 3] [--frames-per-chunk 2] [--backbone-layers 4 --depth-layers 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producer import processes
 from producer.api_keys import ApiKeyStore
+from producer.audio_formats import AudioEncoder
 from producer.settings import Settings
 from producer.store import connect_redis
 from tests import services
@@ -78,12 +91,75 @@ def measure(http: httpx.Client, key: str, text: str, rtf: float, repeats: int) -
                for name in ("first_byte_s", "whole_s", "first_chunk_generation_s", "overhead_s")}}
 
 
+def first_bytes(pieces: Iterator[np.ndarray], started: float) -> float:
+    """Seconds from `started` until the mp3 encoder gives its first bytes for the audio `pieces` hand over (a second
+    at a time, as the endpoint encodes); the rest of the pieces are not waited for."""
+    sink = io.BytesIO()
+    with AudioEncoder.open("mp3", 24_000, sink) as encoder:
+        for piece in pieces:
+            for start in range(0, len(piece), 24_000):
+                encoder.write(piece[start: start + 24_000])
+                if sink.tell():
+                    return time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def frame_vs_chunk(args: argparse.Namespace) -> dict[str, Any]:
+    """Time to first mp3 bytes of a 300-character chunk: chunk streaming vs frame streaming, same model, same run."""
+    import torch
+
+    from bench.generation import bench_config, build_full_size, cpu_features
+    from worker.models import CSMModel
+
+    torch.set_num_threads(args.threads)  # OpenMP threads fight over a shared 2-core machine
+    processor, model = build_full_size(bench_config(args.backbone_layers, args.depth_layers))
+    layer = CSMModel.from_loaded(processor, model, device="cpu", model_id="random-reduced")
+    text = chapter(1)[:NORMAL_CHUNK_CHARS]
+    speech_ms = NORMAL_CHUNK_CHARS / 15.0 * 1000  # forced: random weights never end by themselves
+
+    def chunk_streaming() -> Iterator[np.ndarray]:
+        yield layer.generate_speech(text, max_audio_length_ms=speech_ms, seed=1)[0]
+
+    def frame_streaming() -> Iterator[np.ndarray]:
+        stream = layer.stream_speech(text, max_audio_length_ms=speech_ms, seed=1,
+                                     frames_per_chunk=args.frames_per_chunk)
+        try:
+            yield from stream
+        finally:
+            stream.close()  # the first bytes are what is measured: stop generating
+
+    first_bytes(layer.stream_speech("Warm up.", max_audio_length_ms=160), time.perf_counter())
+    runs: dict[str, list[float]] = {"chunk": [], "frame": []}
+    for _ in range(args.repeats):
+        runs["frame"].append(first_bytes(frame_streaming(), time.perf_counter()))
+        runs["chunk"].append(first_bytes(chunk_streaming(), time.perf_counter()))
+    ratio = statistics.median(runs["frame"]) / statistics.median(runs["chunk"])
+    return {"model": f"CSM-1B widths, {args.backbone_layers} backbone / {args.depth_layers} depth layers, random",
+            "dtype": layer.dtype, "threads": args.threads, "cpu": cpu_features(), "chars": len(text),
+            "speech_s": speech_ms / 1000, "frames_per_chunk": args.frames_per_chunk, "repeats": args.repeats,
+            "chunk_first_bytes_s": summary(runs["chunk"]), "frame_first_bytes_s": summary(runs["frame"]),
+            "frame_over_chunk": round(ratio, 4), "target_ok": ratio <= 0.1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rtf", type=float, default=0.1, help="placeholder wall seconds per second of audio")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--frames", action="store_true", help="frame streaming vs chunk streaming, on the model")
+    parser.add_argument("--frames-per-chunk", type=int, default=2)
+    parser.add_argument("--backbone-layers", type=int, default=4)
+    parser.add_argument("--depth-layers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.frames:
+        result = frame_vs_chunk(args)
+        print(f"first mp3 bytes of a {result['chars']}-character chunk ({result['speech_s']:.0f} s of speech), "
+              f"{result['model']}, {result['dtype']}: chunk streaming {result['chunk_first_bytes_s']}, frame "
+              f"streaming ({args.frames_per_chunk} frames a piece) {result['frame_first_bytes_s']}; frame/chunk "
+              f"{result['frame_over_chunk']} (target <= 0.1: {result['target_ok']})")
+        print(json.dumps(result))
+        return
     with services.bench_services("echoforge-first-audio-") as (tmp, redis_url, s3_url):
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url)
         env = {"ECHOFORGE_USE_PLACEHOLDER": "true", "ECHOFORGE_PLACEHOLDER_RTF": str(args.rtf)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     model_id: str = DEFAULT_MODEL_ID
     model_revision: str | None = None
     model_path: str | None = None
+    # The checkpoint's layout: transformers' (config.json + model.safetensors), Sesame's original (ckpt.pt or a
+    # fine-tune's model.safetensors, with Mimi's weights for moshi), or auto: found by the directory's files.
+    model_format: Literal["auto", "transformers", "original"] = "auto"
     device: str | None = None
     use_placeholder: bool = False
     allow_placeholder: bool = True

@@ -14,6 +14,7 @@ from producer.client import NarrationClient
 from producer.settings import Settings
 from tests import services
 from tests.csm_checkpoint import build_tiny_checkpoint
+from tests.original_checkpoint import build_original_twin
 
 services.use_test_environment()
 
@@ -22,6 +23,12 @@ services.use_test_environment()
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random CSM checkpoint (tests/csm_checkpoint.py), saved once per session; never modify it."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-csm"))
+
+
+@pytest.fixture(scope="session")
+def original_twin(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_checkpoint's weights in Sesame's original layout, with its Mimi for moshi (tests/original_checkpoint.py)."""
+    return build_original_twin(tiny_checkpoint, tmp_path_factory.mktemp("tiny-csm-original"))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,18 @@ def test_a_job_runs_on_the_real_csm_checkpoint(
     assert job.result is not None and job.result["duration_s"] > 0
 
 
+def test_a_job_runs_on_an_original_format_checkpoint_and_its_record_says_so(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], original_twin: Path
+) -> None:
+    start_worker(settings, extra_env={"ECHOFORGE_MODEL_PATH": str(original_twin), "ECHOFORGE_DEVICE": "cpu",
+                                      "ECHOFORGE_ALLOW_PLACEHOLDER": "false"})
+    job = client.wait(client.submit({"text": "Hello.", "speaker_id": 0}).id, timeout=120)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.model["kind"] == "csm" and job.model["id"] == str(original_twin)
+    assert job.model["format"] == "original" and job.model["codec"] == "moshi-mimi"
+    assert job.result is not None and job.result["duration_s"] > 0
+
+
 def test_fallback_to_the_placeholder_is_recorded_in_the_job(
     client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker], tmp_path: Path
 ) -> None:

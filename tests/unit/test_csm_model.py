@@ -49,7 +49,8 @@ def test_generation_returns_24k_float32_matching_the_frames_generated(model: CSM
     assert len(audio) + stats.trimmed_samples == stats.frames * SAMPLES_PER_FRAME
     dtype = str(compute_dtype("cpu")).removeprefix("torch.")  # bf16 where the CPU has bf16 arithmetic, else fp32
     assert model.describe() == {"kind": "csm", "id": model.model_id, "revision": None, "device": "cpu",
-                                "fallback_reason": None, "dtype": dtype}
+                                "fallback_reason": None, "dtype": dtype, "format": "transformers",
+                                "codec": "transformers-mimi"}
 
 
 def test_a_16khz_reference_segment_works_as_context(model: CSMModel) -> None:

@@ -6,20 +6,25 @@ import gc
 import hashlib
 import logging
 import math
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from producer.settings import DEFAULT_MODEL_ID
 from worker.models.base import SAMPLE_RATE, Generated, RowDone, Segment, SpeechModel, SpeechRequest, split_by
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
-from worker.models.loading import load_checkpoint, resolve_checkpoint
+from worker.models.frame_stream import DEFAULT_FRAMES_PER_CHUNK, stream_frames
+from worker.models.loading import hub_mimi_weights, load_checkpoint, resolve_checkpoint
+from worker.models.original import MIMI_WEIGHTS, detect_format, load_original
 from worker.models.silence import trim_trailing_silence
 
 if TYPE_CHECKING:  # the engine imports torch: only pool processes that load CSM may pay for it
     from worker.models.engine import CsmEngine
+    from worker.models.moshi_codec import MoshiCodec
 
 __all__ = ["DEFAULT_MODEL_ID", "SAMPLES_PER_FRAME", "CSMModel", "GenerationStats", "frame_budget", "undecodable_codes"]
 
@@ -80,24 +85,32 @@ class CSMModel(SpeechModel):
     kind = "csm"
 
     def __init__(self, model_path: str | None = None, device: str | None = None, *,
-                 model_id: str = DEFAULT_MODEL_ID, revision: str | None = None, dtype: str = "auto") -> None:
+                 model_id: str = DEFAULT_MODEL_ID, revision: str | None = None, dtype: str = "auto",
+                 model_format: str = "auto") -> None:
         import torch
 
         source = model_path or model_id
-        directory, commit = resolve_checkpoint(source, revision)
-        processor, model = load_checkpoint(directory, torch.float32)
-        self._adopt(processor, model, source, commit or revision, device, dtype)
+        directory, commit = resolve_checkpoint(source, revision, model_format)
+        self.model_format = detect_format(directory, model_format)
+        codec = None
+        if self.model_format == "original":
+            from_hub = commit is not None and not (directory / MIMI_WEIGHTS).exists()
+            processor, model, codec = load_original(directory, hub_mimi_weights(MIMI_WEIGHTS) if from_hub else None)
+        else:
+            processor, model = load_checkpoint(directory, torch.float32)
+        self._adopt(processor, model, source, commit or revision, device, dtype, codec)
 
     @classmethod
     def from_loaded(cls, processor: Any, model: Any, *, device: str | None = None, dtype: str = "auto",
                     model_id: str = "in-memory") -> CSMModel:
         """Wrap a processor and CsmForConditionalGeneration already in memory (benchmarks, notebooks)."""
         self = cls.__new__(cls)
+        self.model_format = "transformers"
         self._adopt(processor, model.eval(), model_id, None, device, dtype)
         return self
 
     def _adopt(self, processor: Any, model: Any, model_id: str, revision: str | None, device: str | None,
-               dtype: str) -> None:
+               dtype: str, codec: MoshiCodec | None = None) -> None:
         import torch
 
         from worker.models.engine import CsmEngine, compute_dtype
@@ -108,6 +121,8 @@ class CSMModel(SpeechModel):
         self.processor, self.model = processor, model
         try:
             _place(self.model, self.device, getattr(torch, self.dtype))
+            self.codec = None if codec is None else codec.to(self.device)  # None: the checkpoint's own (transformers)
+            self.codec_name = "transformers-mimi" if codec is None else codec.name
             self.engine: CsmEngine | None = CsmEngine(self.model)
         except RuntimeError as e:  # out of memory, or a CUDA error (driver, no kernel for this GPU): try the CPU
             if not (isinstance(e, torch.OutOfMemoryError) or self.device.startswith("cuda")):
@@ -118,12 +133,30 @@ class CSMModel(SpeechModel):
             raise CSMModelLoadError(f"cannot move {self.model_id} to {self.device} ({why})") from e
         self.max_positions = int(self.model.config.max_position_embeddings)
         self._prefix_cache: dict[tuple[tuple[int, str, str], ...], tuple[Any, int]] = {}
+        self._stream_codec: MoshiCodec | None = self.codec
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
         """Also the compute dtype and, when any CUDA graph capture failed (the depth decoder ran eagerly), why."""
         failures = self.engine.graph_failures if self.engine is not None else []
-        return {**super().describe(), "dtype": self.dtype, **({"graph_capture_failures": failures} if failures else {})}
+        return {**super().describe(), "dtype": self.dtype, "format": self.model_format, "codec": self.codec_name,
+                **({"graph_capture_failures": failures} if failures else {})}
+
+    def decode(self, codes: Any) -> np.ndarray:
+        """Mono float32 audio of codes [frames, codebooks] through the model's codec."""
+        assert self.engine is not None
+        wave = self.engine.decode(codes) if self.codec is None else self.codec.decode(codes)
+        return wave.numpy().astype(np.float32)
+
+    def streaming_codec(self) -> MoshiCodec:
+        """moshi's Mimi with this model's codec weights (built once for a transformers checkpoint): it decodes
+        a few frames at a time."""
+        from worker.models.moshi_codec import MoshiCodec
+
+        assert self.engine is not None and self.model is not None
+        if self._stream_codec is None:
+            self._stream_codec = MoshiCodec.from_transformers(self.model.codec_model, self.engine.codebooks)
+        return self._stream_codec
 
     def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
         """Speech for the texts of every request, all decoded together, each after its own request's context
@@ -142,8 +175,7 @@ class CSMModel(SpeechModel):
         done: dict[int, Generated] = {}
 
         def row_ended(index: int, codes: Any) -> None:
-            assert self.engine is not None
-            wave = self.engine.decode(codes).numpy().astype(np.float32)
+            wave = self.decode(codes)
             done[index] = _generated(flat[index], wave, len(codes))
             if on_row is not None:
                 on_row(*where[index], done[index])
@@ -154,6 +186,21 @@ class CSMModel(SpeechModel):
         except torch.OutOfMemoryError as e:
             raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
         return split_by([done[i] for i in range(len(flat))], [len(group) for group in rows])
+
+    def stream_speech(self, text: str, speaker_id: int = DEFAULT_SPEAKER_ID, temperature: float = DEFAULT_TEMPERATURE,
+                      top_k: int = DEFAULT_TOP_K, context: list[Segment] | None = None,
+                      max_audio_length_ms: float | None = None, seed: int | None = None,
+                      frames_per_chunk: int = DEFAULT_FRAMES_PER_CHUNK) -> Generator[np.ndarray, None, None]:
+        """`text`'s speech as it is generated: mono float32 24 kHz pieces of `frames_per_chunk` frames (80 ms each),
+        through moshi's streaming Mimi; joined, they equal generate_speech's audio before its silent tail is trimmed.
+        Not to be run beside another generation on the same model."""
+        if self.engine is None:
+            raise CSMModelError("the model was cleaned up")
+        engine = self.engine
+        [row] = self._rows(SpeechRequest([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms))
+        return stream_frames(lambda on_frame: engine.generate_rows([row.prefix], [row.prompt], [row.cap],
+                                                                    [row.sampling], on_frame=on_frame),
+                             self.streaming_codec(), frames_per_chunk)
 
     def _rows(self, request: SpeechRequest) -> list[_Row]:
         """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""
@@ -204,7 +251,8 @@ class CSMModel(SpeechModel):
         inputs = self.processor(text=prompt, audio=audio, return_tensors="pt")
         values, cutoffs = inputs["input_values"][0, 0], [int(c) for c in inputs["input_values_cutoffs"][0] if c >= 0]
         bounds = zip([0, *cutoffs[:-1]], cutoffs, strict=True)
-        codes = torch.cat([self.engine.encode_audio(values[a:b]) for a, b in bounds])
+        encode = self.engine.encode_audio if self.codec is None else self.codec.encode
+        codes = torch.cat([encode(values[a:b]) for a, b in bounds])
         self._prefix_cache[cache_key] = (self.engine.embed_prompt(inputs["input_ids"][0], codes), len(codes))
         while len(self._prefix_cache) > PREFIX_CACHE_SIZE:
             self._prefix_cache.pop(next(iter(self._prefix_cache)))
@@ -216,6 +264,7 @@ class CSMModel(SpeechModel):
 
         self.model = None
         self.engine = None
+        self.codec = self._stream_codec = None
         self._prefix_cache = {}
         gc.collect()
         if self.device.startswith("cuda"):

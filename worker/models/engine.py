@@ -207,19 +207,21 @@ class CsmEngine:
 
     @torch.inference_mode()
     def generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
-                      sampling: list[Sampling],
-                      on_row: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+                      sampling: list[Sampling], on_row: Callable[[int, torch.Tensor], None] | None = None,
+                      on_frame: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Codes [frames_i, codebooks] (int64, on the device) for each prompt [S_i, H] after its prefix [P_i, H]
         (None: no prefix). Rows that share a prefix tensor share its prefill.
 
         Each row stops at its end frame (excluded) or after caps[i] frames; `on_row(i, codes)` is called as row i
-        stops, while the others go on.
+        stops, while the others go on; `on_frame(i, codes)` with each audio frame [codebooks] of row i as it is made.
         """
         with on_device(self.device):
-            return self._generate_rows(prefixes, prompts, caps, sampling, on_row or (lambda _row, _codes: None))
+            return self._generate_rows(prefixes, prompts, caps, sampling, on_row or (lambda _row, _codes: None),
+                                       on_frame)
 
     def _generate_rows(self, prefixes: list[torch.Tensor | None], prompts: list[torch.Tensor], caps: list[int],
-                       sampling: list[Sampling], on_row: Callable[[int, torch.Tensor], None]) -> list[torch.Tensor]:
+                       sampling: list[Sampling], on_row: Callable[[int, torch.Tensor], None],
+                       on_frame: Callable[[int, torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         lengths = [0 if p is None else len(p) for p in prefixes]
         prefix_len, width, caps = max(lengths), max(len(p) for p in prompts), list(caps)
         batch = self._start(prompts, lengths, width, max(caps), sampling)
@@ -236,6 +238,8 @@ class CsmEngine:
             self._store(out, codes, [batch.rows[i] for i in going], going, frames)
             for i in going:
                 frames[batch.rows[i]] += 1
+                if on_frame is not None:
+                    on_frame(batch.rows[i], codes[i])
             for i, row in enumerate(batch.rows):
                 if ended[i]:
                     caps[row] = frames[row]  # finished: nothing more is kept for this row

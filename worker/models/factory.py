@@ -43,7 +43,8 @@ def _create(model_path: str | None, device: str | None, use_placeholder: bool, s
     reasons = [device_reason] if device_reason else []
     for candidate in dict.fromkeys([first, "cpu"]):
         try:
-            model = CSMModel(source, candidate, model_id=settings.model_id, revision=settings.model_revision)
+            model = CSMModel(source, candidate, model_id=settings.model_id, revision=settings.model_revision,
+                             model_format=settings.model_format)
         except CSMModelLoadError as e:
             reasons.append(f"{candidate}: {e}")
             log.warning("CSM did not load on %s: %s", candidate, e)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from worker.models.errors import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 
-__all__ = ["classify_error", "hub_reachable", "load_checkpoint", "resolve_checkpoint"]
+__all__ = ["classify_error", "hub_mimi_weights", "hub_reachable", "load_checkpoint", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-# What a transformers CSM checkpoint needs; the hub repo also holds the original ckpt.pt, which is not fetched.
+# What a transformers CSM checkpoint needs; the hub repo also holds the original ckpt.pt, fetched only when asked.
 _CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+# Sesame's original format: ckpt.pt (sesame/csm-1b), or a fine-tune's config.json + model.safetensors; the tokenizer.
+_ORIGINAL_FILES = ["ckpt.pt", "config.json", "tokenizer*", "special_tokens_map.json", "mimi_config.json",
+                   "tokenizer-e351c8d8-checkpoint125.safetensors"]
 
 
-def resolve_checkpoint(source: str, revision: str | None) -> tuple[Path, str | None]:
-    """(local directory, hub commit or None): a local path as is, a hub id through the HF cache (HF_HOME).
+def resolve_checkpoint(source: str, revision: str | None, model_format: str = "auto") -> tuple[Path, str | None]:
+    """(local directory, hub commit or None): a local path as is, a hub id through the HF cache (HF_HOME); the hub's
+    original-format files when `model_format` is "original", else the transformers ones.
 
     Downloads what is missing unless HF_HUB_OFFLINE is set or the Hub is unreachable; HF_TOKEN is read by
     huggingface_hub itself and never passes through here.
@@ -51,12 +55,30 @@ def resolve_checkpoint(source: str, revision: str | None) -> tuple[Path, str | N
     if not offline and not hub_reachable():
         log.warning("the Hugging Face Hub is unreachable; looking for %s in the local cache only", source)
         offline = True
+    patterns = _ORIGINAL_FILES if model_format == "original" else _CHECKPOINT_FILES
     try:
-        path = Path(snapshot_download(source, revision=revision, allow_patterns=_CHECKPOINT_FILES,
-                                      local_files_only=offline))
+        path = Path(snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=offline))
+        if model_format == "original" and '"backbone_flavor"' in _text(path / "config.json"):  # a fine-tune's layout
+            snapshot_download(source, revision=revision, allow_patterns=["model.safetensors"], local_files_only=offline)
     except Exception as e:
         raise classify_error(e, source) from e
     return path, path.name
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def hub_mimi_weights(name: str) -> Path:
+    """Mimi's weights for moshi from moshi's own repository (as the reference does), through the HF cache."""
+    from huggingface_hub import constants, hf_hub_download
+    from moshi.models import loaders
+
+    offline = bool(constants.HF_HUB_OFFLINE) or not hub_reachable()
+    try:
+        return Path(hf_hub_download(loaders.DEFAULT_REPO, name, local_files_only=offline))
+    except Exception as e:
+        raise classify_error(e, loaders.DEFAULT_REPO) from e
 
 
 def load_checkpoint(directory: Path, dtype: Any) -> tuple[Any, Any]:
