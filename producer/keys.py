@@ -24,6 +24,10 @@ IDEMPOTENCY_KEY_PREFIX = "echoforge:idem:"
 TENANT_PREFIX = "echoforge:tenant:"
 # Per-job run lock, value = the holder's token, kept alive by a heartbeat: echoforge:lock:<job_id>.
 JOB_LOCK_PREFIX = "echoforge:lock:"
+# Set while a worker drains (a warm shutdown: SIGTERM): its jobs finish the rows in flight and are handed back to
+# the queue; echoforge:draining:<worker hostname>, with a TTL, cleared when a worker of that name starts.
+DRAINING_PREFIX = "echoforge:draining:"
+DRAINING_TTL_S = 3600
 # Set of the ids of running jobs, kept by the transition script; the reaper looks for ones whose lock expired.
 RUNNING_JOBS_KEY = "echoforge:running"
 # Marks a stale job as re-enqueued, so several reapers send it once: echoforge:reaped:<job_id>.
@@ -103,6 +107,10 @@ def book_assembly_lock_key(book_id: str) -> str:
 
 def job_lock_key(job_id: str) -> str:
     return JOB_LOCK_PREFIX + job_id
+
+
+def draining_key(worker: str) -> str:
+    return DRAINING_PREFIX + worker
 
 
 def idempotency_key(key: str, tenant: str | None = None) -> str:

@@ -50,6 +50,7 @@ class Transition:
     dead_letters: bool = False  # listed as dead-lettered in the same step
     releases_idempotency_key: bool = False  # a retry with the same key may create the job again
     retry: bool = False  # the earlier end goes to `history`, the record stops expiring (requeue script)
+    hands_back: bool = False  # a draining worker's job, queued again: no attempt, lock released (hand_back script)
     refuses_error: ErrorCode | None = None  # a job that failed with this code cannot take this step
     webhook_event: WebhookEvent | None = None  # written to the webhook outbox in the same step, when the job asks
 
@@ -77,9 +78,12 @@ CANCEL = _step("cancel", {QUEUED}, CANCELED, webhook_event="canceled")
 FINISH_CANCEL = _step("finish_cancel", {RUNNING}, CANCELED, webhook_event="canceled")
 EXPIRE = _step("expire", {QUEUED}, EXPIRED, deadline=Deadline.PASSED, webhook_event="expired")
 RETRY = _step("retry", {FAILED, EXPIRED}, QUEUED, retry=True, refuses_error=ErrorCode.INVALID_REQUEST)
+# A worker asked to stop (warm shutdown) hands its job back: queued again at once, not counted as an attempt, a
+# `handed_back` entry in `history`; the next worker resumes it from its stored chunks.
+HAND_BACK = _step("hand_back", {RUNNING}, QUEUED, hands_back=True)
 # A succeeded job queued again to re-render some of its chunks (its record's `rerender` says which); its result
 # stays the current version until the new one replaces it.
 RERENDER = _step("rerender", {SUCCEEDED}, QUEUED, retry=True)
 
 TRANSITIONS: tuple[Transition, ...] = (START, PROGRESS, REQUEST_CANCEL, SUCCEED, FAIL, FAIL_TO_ENQUEUE, DEAD_LETTER,
-                                       CANCEL, FINISH_CANCEL, EXPIRE, RETRY, RERENDER)
+                                       CANCEL, FINISH_CANCEL, EXPIRE, RETRY, RERENDER, HAND_BACK)

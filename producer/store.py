@@ -74,6 +74,7 @@ class JobStore:
         self._transition = client.register_script(lua_script("transition"))
         self._retry = client.register_script(lua_script("retry"))
         self._lock_holder = client.register_script(lua_script("lock_holder"))
+        self._hand_back = client.register_script(lua_script("hand_back"))
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_s: float | None = None,
@@ -149,6 +150,8 @@ class JobStore:
         """
         if transition.retry:
             return self._apply_retry(transition, job_id, (fields or {}).get("rerender", ""))
+        if transition.hands_back:
+            return self.hand_back(job_id, "", (fields or {}).get("worker", ""))
         now = time.time()
         flat = [item for pair in (fields or {}).items() for item in pair]
         ttl = self.finished_ttl_s if transition.target.is_terminal else 0
@@ -256,6 +259,16 @@ class JobStore:
             self.apply(states.REQUEST_CANCEL, job_id, {"cancel_requested": "1"})
         return self.get(job_id)
 
+    def hand_back(self, job_id: str, token: str, worker: str) -> Job | None:
+        """running -> queued for a draining worker that holds the run lock under `token` ('': no check), which is
+        released in the same step; None when refused. The caller sends the job's message, then `mark_sent`."""
+        _, tenant = self._side_keys(job_id)
+        status, record = self._hand_back(
+            keys=[keys.job_key(job_id), keys.job_events_channel(job_id), keys.RUNNING_JOBS_KEY, keys.UNSENT_JOBS_KEY,
+                  keys.job_lock_key(job_id), tenant],
+            args=[repr(time.time()), job_id, token, worker])
+        return self._outcome(job_id, text(status), record)
+
     def finish_canceled(self, job_id: str) -> Job | None:
         return self.apply(states.FINISH_CANCEL, job_id, {"finished_at": repr(time.time())})
 
@@ -270,6 +283,16 @@ class JobStore:
 
     def unlock(self, job_id: str, token: str) -> None:
         self._lock_holder(keys=[keys.job_lock_key(job_id)], args=[token, 0])
+
+    def start_draining(self, worker: str, ttl_s: int = keys.DRAINING_TTL_S) -> None:
+        """Tell `worker`'s running jobs to finish their rows in flight and hand themselves back."""
+        self.redis.set(keys.draining_key(worker), "1", ex=ttl_s)
+
+    def stop_draining(self, worker: str) -> None:
+        self.redis.delete(keys.draining_key(worker))
+
+    def draining(self, worker: str) -> bool:
+        return bool(self.redis.exists(keys.draining_key(worker)))
 
     def stale_running(self, grace_s: float) -> list[str]:
         """Running jobs whose run lock is gone (their worker died) and that started over `grace_s` ago."""

@@ -4,6 +4,7 @@ Flower."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -199,3 +200,26 @@ class Started:
     def stop_all(self) -> None:
         for stop in reversed(self._stops):
             stop()
+
+
+class LogWatch:
+    """Follows a log file as it grows: `wait_for(pattern)` returns as soon as a line written after the last match
+    matches, checking every 2 ms (so a test can act at the moment a worker reaches a phase)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.text, self._read, self._checked = path, "", 0, 0
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        regex, deadline = re.compile(pattern), time.monotonic() + timeout
+        with self.path.open("rb") as log:
+            while time.monotonic() < deadline:
+                log.seek(self._read)
+                new = log.read()
+                self._read += len(new)
+                self.text += new.decode(errors="replace")
+                if found := regex.search(self.text, self._checked):
+                    self._checked = found.end()
+                    return found
+                self._checked = max(self._checked, self.text.rfind("\n") + 1)
+                time.sleep(0.002)
+        raise AssertionError(f"{self.path.name}: no line matching {pattern!r} in {timeout} s:\n{self.text[-3000:]}")

@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 def run_job(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -> JobState | None:
     """Run one job to a terminal state; None when the job was not (or no longer) runnable.
 
+    QUEUED means this worker is draining (a warm shutdown) and handed the job back: the caller sends it again.
     Raises JobBusyError when another delivery is running it.
     """
-    with JobLock(rt.jobs, job_id, rt.settings.job_lock_ttl_s):
-        return _run_locked(job_id, rt, worker, metrics)
+    with JobLock(rt.jobs, job_id, rt.settings.job_lock_ttl_s) as lock:
+        return _run_locked(job_id, rt, worker, metrics, lock)
 
 
-def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -> JobState | None:
+def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics, lock: JobLock) -> JobState | None:
     job = rt.jobs.start(job_id, worker=worker, model=rt.model_info(), phase="planning")
     if job is None:
         log.info("job %s: not started (already %s)", job_id, rt.jobs.get(job_id).state.value)
@@ -50,7 +51,9 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
             raise NarrationTimeoutError(f"the job ran past its soft time limit of {rt.settings.soft_time_limit_s} s")
         metrics.observe_progress(job_id, progress)
         current = rt.jobs.progress(job_id, **progress)
-        return "stop" if current is None else "cancel" if current.cancel_requested else "go"
+        if current is None or current.cancel_requested:
+            return "stop" if current is None else "cancel"
+        return "drain" if rt.jobs.draining(worker) else "go"
 
     if job.rerender:
         request = NarrationRequest.parse({**_options(job.request), "text": "re-render"})
@@ -66,6 +69,8 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
     if outcome.verdict == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None
+    if outcome.verdict == "drain":
+        return _hand_back(job_id, rt, worker, lock, outcome.progress or {})
     if outcome.verdict == "cancel":
         rt.jobs.finish_canceled(job_id)
         log.info("job %s: canceled; its chunks were deleted", job_id)
@@ -77,6 +82,17 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics) -
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])
     return JobState.SUCCEEDED
+
+
+def _hand_back(job_id: str, rt: Runtime, worker: str, lock: JobLock, progress: dict[str, Any]) -> JobState | None:
+    """This worker is draining: the rows in flight are stored; the job goes back to the queue, its lock released."""
+    lock.stop_beating()
+    if rt.jobs.hand_back(job_id, lock.token, worker) is None:
+        log.warning("job %s: not handed back (it ended, or its run lock expired); left as it is", job_id)
+        return None
+    log.info("job %s: handed back to the queue, %s of %s chunks stored (this worker is draining)", job_id,
+             progress.get("chunks_done"), progress.get("chunks_total"))
+    return JobState.QUEUED
 
 
 def _options(kept: dict[str, Any]) -> dict[str, Any]:

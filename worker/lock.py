@@ -37,9 +37,14 @@ class JobLock:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        self._stop.set()
-        self._beat.join()
+        self.stop_beating()
         self.store.unlock(self.job_id, self.token)
+
+    def stop_beating(self) -> None:
+        """Stop refreshing the lock (before it is released some other way, e.g. by handing the job back)."""
+        self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):

@@ -1,5 +1,6 @@
 """Celery's lifecycle, wired to a worker's parts: the model loads once per pool process after fork (nothing touches
-CUDA in the Celery parent), the reaper runs in the main process, metrics follow every job."""
+CUDA in the Celery parent), the reaper runs in the main process, metrics follow every job; a warm shutdown drains the
+running jobs (they hand themselves back), and a job killed at its hard time limit is recorded as a timeout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
     task_failure,
     task_postrun,
@@ -19,9 +21,11 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from producer import keys
+from producer.errors import ErrorCode
 from producer.settings import Settings
 from producer.store import JobStore
 from worker.metrics import WorkerMetrics
@@ -53,6 +57,7 @@ class WorkerSignals:
 
     def __init__(self, app: Celery, settings: Settings, process: WorkerProcess, metrics: WorkerMetrics) -> None:
         self.app, self.settings, self.process, self.metrics = app, settings, process, metrics
+        self._store: JobStore | None = None
 
     def connect(self) -> None:
         for signal, handler in (
@@ -60,12 +65,18 @@ class WorkerSignals:
             (worker_shutdown, self.worker_shutdown), (worker_process_init, self.pool_process_init),
             (worker_process_shutdown, self.pool_process_shutdown), (task_prerun, self.task_prerun),
             (task_postrun, self.task_postrun), (task_retry, self.task_retry), (task_failure, self.task_failure),
+            (worker_shutting_down, self.worker_shutting_down),
         ):
             signal.connect(handler, weak=False)
 
     def worker_init(self, sender: Any = None, **_: Any) -> None:
         """In the main process, before the pool forks: metrics; under the threads pool the jobs share one model."""
-        self.metrics.start_server(getattr(sender, "hostname", None) or "worker")
+        hostname = getattr(sender, "hostname", None) or "worker"
+        self.metrics.start_server(hostname)
+        try:  # a worker of the same name that drained before (a restart) is not this one
+            self._main_store().stop_draining(hostname)
+        except Exception:
+            log.warning("worker %s: could not clear an earlier drain", hostname, exc_info=True)
         if _threads_pool(sender):
             self.process.share_model_between(_concurrency(sender))
 
@@ -113,5 +124,35 @@ class WorkerSignals:
     def task_retry(self, **_: Any) -> None:
         self.metrics.retried()
 
-    def task_failure(self, **_: Any) -> None:
+    def worker_shutting_down(self, sender: Any = None, **_: Any) -> None:
+        """In the main process, on SIGTERM (warm) or SIGQUIT (cold): the running jobs, which check for it after every
+        chunk, store their rows in flight and hand themselves back. Called inside a signal handler: the Redis call
+        runs on a thread of its own, which the process waits for before it exits."""
+        threading.Thread(target=self._start_draining, args=(str(sender),), name="echoforge-drain").start()
+
+    def _start_draining(self, hostname: str) -> None:
+        try:
+            self._main_store().start_draining(hostname)
+            log.info("worker %s: draining; its running jobs store their rows in flight and go back to the queue",
+                     hostname)
+        except Exception:  # Redis away: the jobs run on until the stop grace period ends, then the reaper acts
+            log.warning("worker %s: could not start draining", hostname, exc_info=True)
+
+    def task_failure(self, sender: Task | None = None, exception: BaseException | None = None, args: Any = None,
+                     **_: Any) -> None:
         self.metrics.task_failed()
+        if isinstance(exception, TimeLimitExceeded) and sender is not None and sender.name == keys.NARRATE_TASK \
+                and args and isinstance(args[0], str):
+            # The hard limit killed the pool process (this runs in the main process): the job ends now, instead
+            # of being reaped once its lock expires and run again to the redelivery cap.
+            limit = self.settings.job_time_limit_s
+            message = f"the job ran past its hard time limit of {limit} s"
+            if self._main_store().fail(args[0], ErrorCode.TIMEOUT, message):
+                log.error("job %s: failed (timeout): its pool process was killed at the hard time limit of %d s",
+                          args[0], limit)
+
+    def _main_store(self) -> JobStore:
+        """The main process's job store (short timeouts: a shutdown must not hang on Redis)."""
+        if self._store is None:
+            self._store = JobStore.from_settings(self.settings, retry_s=2, timeout_s=5)
+        return self._store

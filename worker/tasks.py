@@ -8,7 +8,10 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from producer import keys
+from producer.celery_config import send_job
 from producer.errors import EchoForgeError, ErrorCode, JobBusyError, JobNotFoundError
+from producer.request import DEFAULT_PRIORITY
+from producer.states import JobState
 from producer.store import JobStore, is_job_id
 from worker.app import app, metrics, process, settings
 from worker.job_runner import run_job
@@ -39,7 +42,8 @@ def narration_task(self: Task, job_id: str) -> None:
         store.close()
         return
     try:
-        run_job(job_id, rt, worker=self.request.hostname or "unknown", metrics=metrics)
+        if run_job(job_id, rt, worker=self.request.hostname or "unknown", metrics=metrics) is JobState.QUEUED:
+            _send_again(job_id, rt.jobs)
     except JobNotFoundError:
         log.error("job %s: no record (expired or never created); message dropped", job_id)
     except JobBusyError:
@@ -52,6 +56,13 @@ def narration_task(self: Task, job_id: str) -> None:
         else:
             log.error("job %s: failed (%s): %s", job_id, code.value, e)
         rt.jobs.fail(job_id, code, _message(e))
+
+
+def _send_again(job_id: str, store: JobStore) -> None:
+    """A job handed back by this draining worker: its message goes out at once, so another worker resumes it now
+    (until `mark_sent`, a reaper would send it)."""
+    send_job(app, job_id, settings.queue, store.get(job_id).request.get("priority", DEFAULT_PRIORITY))
+    store.mark_sent(job_id)
 
 
 def _message(error: BaseException) -> str:

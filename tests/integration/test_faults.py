@@ -6,7 +6,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -18,7 +20,7 @@ from producer.client import NarrationClient
 from producer.settings import Settings
 from producer.states import JobState
 from tests import services
-from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _wait_until
+from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _starts, _wait_until
 
 
 def test_a_second_delivery_while_the_first_runs_waits_instead_of_running_twice(
@@ -67,25 +69,52 @@ def test_a_job_over_its_time_limit_fails_with_timeout(
     assert 0 < final.progress["chunks_done"] < final.progress["chunks_total"]
 
 
+def test_a_job_killed_at_its_hard_time_limit_ends_timeout_at_once(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    # Its second chunk takes 19 s: the soft limit (5 s) comes while the job waits for that chunk's batch, which it
+    # cannot leave, so the hard limit (10 s) kills the pool process.
+    worker = start_worker(settings, extra_env={"ECHOFORGE_USE_PLACEHOLDER": "true", "ECHOFORGE_PLACEHOLDER_RTF": "1",
+                                               "ECHOFORGE_JOB_TIME_LIMIT_S": "10", "ECHOFORGE_JOB_LOCK_TTL_S": "2"})
+    text = ("Hello. The tide came in over the flats, slowly and then all at once, while the gulls argued about nothing "
+            "at all and the old man on the sea wall counted boats that were not there, as he had done every evening "
+            "since the summer his brother sailed out.")
+    final = client.wait(client.submit({"text": text}).id, timeout=60)
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error["code"] == "timeout" and "hard time limit of 10 s" in final.error["message"]
+    assert final.attempts == 1, "failed at once, not reaped and run again"
+    services.LogWatch(worker.log_path).wait_for(r"killed at the hard time limit of 10 s", timeout=10)
+
+
 def test_a_job_whose_whole_worker_died_is_reaped_and_resumed_by_another(
     client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
 ) -> None:
-    doomed = start_worker(settings, name="doomed", extra_env=SLOW)
-    job = client.submit({"text": CHAPTER})
-    _wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 5)
+    # A visibility timeout far above the test's length: Redis does not redeliver the message, only a reaper can
+    # rescue the job.
+    env = {**SLOW, "ECHOFORGE_USE_PLACEHOLDER": "true", "ECHOFORGE_VISIBILITY_TIMEOUT_S": "3600"}
+    workers = [start_worker(settings, name=n, extra_env=env) for n in ("one", "two")]
+    job = client.submit({"text": CHAPTER[:5000]})
+    running = _wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 5)
+    doomed = next(w for w in workers if running.worker and running.worker.startswith(w.name + "@"))
+    rescuer = next(w for w in workers if w is not doomed)
     main = psutil.Process(doomed.process.pid)
     for process in [*main.children(recursive=True), main]:  # the machine is gone: nothing acks, nothing requeues
         process.kill()
+    killed_at = time.time()
     stored = client.get(job.id).progress["chunks_done"]
     assert client.get(job.id).state is JobState.RUNNING
 
-    rescuer = start_worker(settings, name="rescuer", extra_env=SLOW)
     final = client.wait(job.id, timeout=120)
     assert final.state is JobState.SUCCEEDED and final.attempts == 2
-    assert final.worker and final.worker.startswith("rescuer@")
-    assert f"job {job.id}: running but its worker is gone" in rescuer.log()
-    generations = _generations(doomed.log() + rescuer.log(), job.id)
-    assert all(generations[i] == 1 for i in range(stored)), "stored chunks are not generated again"
+    assert final.worker and final.worker.startswith(f"{rescuer.name}@")
+    reaped = re.search(rf"\[([-\d]+ [:,\d]+): WARNING/MainProcess\] job {job.id}: running but its worker is gone",
+                       rescuer.log())
+    assert reaped, "the rescuer's reaper re-enqueued it"
+    reaped_after = datetime.strptime(reaped[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - killed_at
+    print(f"\nreaped {reaped_after:.1f} s after the kill (lock TTL {SLOW['ECHOFORGE_JOB_LOCK_TTL_S']} s)")
+    assert reaped_after < 3 * float(SLOW["ECHOFORGE_JOB_LOCK_TTL_S"]), "within about one lock TTL of the kill"
+    starts = _starts(doomed.log() + rescuer.log(), job.id)
+    assert all(starts[i] == 1 for i in range(stored)), "stored chunks are not generated again"
 
 
 def test_raw_and_foreign_messages_are_refused_and_the_worker_keeps_working(

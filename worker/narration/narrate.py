@@ -33,17 +33,19 @@ log = logging.getLogger(__name__)
 # Plans texts while their first chunk generates: one thread a process (plans are pure Python; they take turns).
 _PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echoforge-planner")
 
-# The progress hook's answer after every chunk: go on, cancel (the job's chunks are deleted) or stop (the job ended
-# elsewhere: leave everything as it is). It may also raise (e.g. NarrationTimeoutError) to end the job.
-Verdict = Literal["go", "cancel", "stop"]
+# The progress hook's answer after every chunk: go on, cancel (the job's chunks are deleted), stop (the job ended
+# elsewhere: leave everything as it is) or drain (the worker is stopping: store the rows in flight, start no new
+# chunk, and end as "drain" unless every chunk is then stored). It may also raise (e.g. NarrationTimeoutError).
+Verdict = Literal["go", "cancel", "stop", "drain"]
 ProgressHook = Callable[[dict[str, Any]], Verdict]
 
 
 @dataclass(frozen=True)
 class NarrationOutcome:
-    """How narrate ended: "done" with the job's result and final progress, or the hook's "cancel" / "stop"."""
+    """How narrate ended: "done" with the job's result and final progress, or the hook's "cancel" / "stop", or
+    "drain" with the progress of the chunks stored."""
 
-    verdict: Literal["done", "cancel", "stop"]
+    verdict: Literal["done", "cancel", "stop", "drain"]
     result: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
 
@@ -72,12 +74,18 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         for chunk in _stored_in_order(plan, manifest, synthesizer, model.batch_size, early):
             phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
             verdict = on_progress(_progress(manifest, resumed, phase))
-            if verdict != "go":
+            if verdict == "drain":
+                synthesizer.stop_starting()
+            elif verdict != "go":
                 if verdict == "cancel":
                     manifest.discard()
                 return NarrationOutcome(verdict)
+        if len(manifest.chunks) < len(plan):  # drained: the next worker resumes from the chunks stored
+            return NarrationOutcome("drain", progress=_progress(manifest, resumed, "synthesizing"))
         narration = spool / f"narration.{audio_format(request.output_format).extension}"
+        log.info("job %s: stitching %d chunks", job_id, len(plan))
         stitch(manifest, spool, narration, request.output_format)
+        log.info("job %s: uploading the narration, its captions and manifest", job_id)
         result = deliver(manifest, narration, request.output_format)
         return NarrationOutcome("done", result, _progress(manifest, resumed, "done"))
 
@@ -111,6 +119,8 @@ def _stored_in_order(plan: list[Chunk], manifest: Manifest, synthesizer: ChunkSy
     """
     index = 0
     while index < len(plan):
+        if synthesizer.draining and not manifest.done(plan[index].index):
+            return  # the worker is stopping: no new chunk starts
         if manifest.done(plan[index].index):
             stored: Iterable[Chunk] = [plan[index]]
         elif index == 0 and early is not None:

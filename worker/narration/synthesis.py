@@ -40,6 +40,11 @@ class ChunkSynthesizer:
         self.anchor: Segment | None = None
         self._manifest: Manifest | None = None
         self.seed_attempt = 0  # the attempt number of first tries' seeds (a re-render starts past the earlier ones)
+        self.draining = False  # set by stop_starting: the chunks in flight finish, no new one starts
+
+    def stop_starting(self) -> None:
+        """The worker is stopping: chunks already started are finished and stored; no other chunk is started."""
+        self.draining = True
 
     @property
     def manifest(self) -> Manifest:
