@@ -1,0 +1,166 @@
+"""Operators dispatched and host syncs per generated frame, on CSM-1B's full-size architecture, at batch 1.
+
+A CPU proxy for GPU launch overhead (issue 18): every ATen operator the engine dispatches is counted with a
+`TorchDispatchMode` (views, which launch no kernel on a GPU, are counted apart), and every call that makes the host
+wait for the device on CUDA (`.tolist()`, `.item()`, `bool(tensor)`, `.cpu()`, `torch.tensor(...)` built from host
+data, `nonzero`) with a `TorchFunctionMode`. The counts depend on the code path, not on the device or the weights'
+values, so the random-weight model on the CPU gives the numbers a GPU would launch.
+
+Steady state: the generation loop is run for F and 2F frames (same prompt, same seed) and the difference, divided by
+F, is one frame's cost, without the prefill or the first frame. A frame is split where the engine does it: the
+depth decoder with sampling (`CsmEngine._frame`: codebook 0's head, then one depth-decoder step per further
+codebook) and the rest of the loop (the backbone step, end-of-row checks, storing the codes). "Per depth step" is
+the depth part divided by the codebooks after the first. Targets: depth step <= 40 ops, backbone <= 150 ops per
+frame, 0 host syncs per steady-state frame.
+
+    ./dev bench dispatch [--frames 4] [--backbone-layers 16] [--depth-layers 4] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bench.generation import FRAME_S, TEXT, bench_config, build_full_size
+from worker.models import CSMModel
+
+# Calls that copy device memory to the host (or host lists to the device) and so block the CPU on CUDA.
+SYNCS = {"tolist", "item", "__bool__", "cpu", "tensor", "nonzero", "__int__", "__float__", "__index__"}
+
+
+def _is_view(func: Any) -> bool:
+    returns = func._schema.returns
+    return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+
+
+class Counts(TorchDispatchMode):
+    """ATen operators by phase ("depth" inside the engine's `_frame`, else "loop"), kernels and views apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "loop"
+        self.ops: Counter[str] = Counter()
+        self.names: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kind = "views" if _is_view(func) else "ops"
+        self.ops[f"{self.phase}_{kind}"] += 1
+        if kind == "ops":
+            self.names[f"{self.phase}:{func.overloadpacket.__name__}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class Syncs(TorchFunctionMode):
+    """Host-device synchronizing calls, by name."""
+
+    def __init__(self, counts: Counts) -> None:
+        super().__init__()
+        self.counts = counts
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in SYNCS:
+            self.calls[f"{self.counts.phase}:{name}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_run(layer: CSMModel, frames: int) -> tuple[Counts, Syncs]:
+    """Counts of one generation of exactly `frames` frames, inside the engine's generation loop only."""
+    engine = layer.engine
+    assert engine is not None and hasattr(engine, "_frame") and hasattr(engine, "_generate_rows"), \
+        "the engine's _frame/_generate_rows are gone: update the bench's hooks"
+    counts = Counts()
+    syncs = Syncs(counts)
+    frame, loop = engine._frame, engine._generate_rows
+
+    def in_depth(*args: Any) -> Any:
+        counts.phase = "depth"
+        try:
+            return frame(*args)
+        finally:
+            counts.phase = "loop"
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with counts, syncs:
+            return loop(*args, **kwargs)
+
+    engine._frame, engine._generate_rows = in_depth, counted  # type: ignore[method-assign,assignment]
+    try:
+        results = layer.generate_batch([TEXT], speaker_id=0, seeds=[1], max_audio_length_ms=frames * FRAME_S * 1000)
+    finally:
+        del engine._frame, engine._generate_rows
+    assert results[0].stats.frames == frames, "random weights emitted an end frame; rerun"
+    return counts, syncs
+
+
+def per_frame(short: Counter[str], long: Counter[str], frames: int) -> dict[str, float]:
+    return {key: (long[key] - short[key]) / frames for key in sorted(set(long) | set(short))
+            if long[key] != short[key]}
+
+
+def measure(layer: CSMModel, frames: int, codebooks: int) -> dict[str, Any]:
+    (short, short_syncs), (long, long_syncs) = count_run(layer, frames), count_run(layer, 2 * frames)
+    ops = per_frame(short.ops, long.ops, frames)
+    syncs = per_frame(short_syncs.calls, long_syncs.calls, frames)
+    return {
+        "depth_ops_per_frame": ops.get("depth_ops", 0.0),
+        "depth_ops_per_step": ops.get("depth_ops", 0.0) / (codebooks - 1),
+        "backbone_ops_per_frame": ops.get("loop_ops", 0.0),
+        "views_per_frame": ops.get("depth_views", 0.0) + ops.get("loop_views", 0.0),
+        "host_syncs_per_frame": sum(syncs.values()),
+        "host_syncs": syncs,
+        "top_ops": dict(Counter(per_frame(short.names, long.names, frames)).most_common(12)),
+    }
+
+
+def report(result: dict[str, Any], say: Callable[[str], None]) -> None:
+    say(f"per steady-state frame at batch 1 ({result['shape']}):")
+    say(f"  depth decoder + sampling  {result['depth_ops_per_frame']:8.0f} ops  "
+        f"({result['depth_ops_per_step']:.1f} per codebook step; target <= 40)")
+    say(f"  rest of the loop          {result['backbone_ops_per_frame']:8.0f} ops  (backbone step and "
+        "bookkeeping; target <= 150)")
+    say(f"  views (no kernel)         {result['views_per_frame']:8.0f}")
+    say(f"  host syncs                {result['host_syncs_per_frame']:8.1f}  {result['host_syncs']}  (target 0)")
+    say("  most frequent ops: " + ", ".join(f"{k} {v:.0f}" for k, v in result["top_ops"].items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=4, help="F: the difference of F and 2F frames is measured")
+    parser.add_argument("--backbone-layers", type=int, default=16, help="backbone layers (CSM-1B: 16)")
+    parser.add_argument("--depth-layers", type=int, default=4, help="depth-decoder layers (CSM-1B: 4)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    config = bench_config(args.backbone_layers, args.depth_layers)
+    processor, model = build_full_size(config)
+    layer = CSMModel.from_loaded(processor, model, device="cpu", dtype="float32", model_id="random-full-size")
+    full = (config.num_hidden_layers, config.depth_decoder_config.num_hidden_layers) == (16, 4)
+    result = measure(layer, args.frames, int(config.num_codebooks))
+    result["shape"] = (f"backbone {config.num_hidden_layers} layers, depth decoder "
+                       f"{config.depth_decoder_config.num_hidden_layers} layers"
+                       f"{'' if full else ' (REDUCED: not the full-size model)'}")
+    result["torch"] = torch.__version__
+    result["run_s"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result, print)
+        print(f"run took {result['run_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
