@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +13,8 @@ import numpy as np
 from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
+__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "TextDone", "TextRefill",
+           "split_by"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 _T = TypeVar("_T")
@@ -50,6 +51,11 @@ class Generated:
 # Called as each text's speech is done, before the rest of its batch: (request index, text index, result). It may be
 # called from another thread than the caller's (a shared model's generation thread): it must only hand the result on.
 RowDone = Callable[[int, int, "Generated"], None]
+
+
+# generate_stream's callbacks: (free slots) -> texts to start (handles from start_texts), and (handle, its speech).
+TextRefill = Callable[[int], list[Any]]
+TextDone = Callable[[Any, "Generated"], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,29 @@ class SpeechModel:
         Every model implements this; generate_speech and generate_batch are built on it.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement generate_requests")
+
+    def start_texts(self, request: SpeechRequest) -> list[Any]:
+        """One handle per text of `request`, for generate_stream (raises what generating the request would)."""
+        return [(request, i) for i in range(len(request.texts))]
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Speak the texts `refill(free slots)` hands over (handles from start_texts), at most `size` at once, until
+        it hands none while none is left; `on_done(handle, result)` as each is done, from this thread.
+
+        This default speaks them `size` at a time, a batch after a batch; CSMModel refills each slot as its text ends.
+        """
+        while handles := refill(size):
+            self._speak_together(handles, on_done)
+
+    def _speak_together(self, handles: list[Any], on_done: TextDone) -> None:
+        """One generate_requests call for texts of several requests (handles from start_texts)."""
+        groups: dict[int, list[Any]] = {}
+        for handle in handles:
+            groups.setdefault(id(handle[0]), []).append(handle)
+        parts = list(groups.values())
+        requests = [replace(part[0][0], texts=[request.texts[i] for request, i in part],
+                            seeds=[request.seeded_texts()[i][1] for request, i in part]) for part in parts]
+        self.generate_requests(requests, lambda r, i, result: on_done(parts[r][i], result))
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)

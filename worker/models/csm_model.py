@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from producer.settings import DEFAULT_MODEL_ID
-from worker.models.base import SAMPLE_RATE, Generated, RowDone, Segment, SpeechModel, SpeechRequest, split_by
+from worker.models.base import (
+    SAMPLE_RATE,
+    Generated,
+    RowDone,
+    Segment,
+    SpeechModel,
+    SpeechRequest,
+    TextDone,
+    TextRefill,
+)
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.loading import load_checkpoint, resolve_checkpoint
@@ -54,22 +63,17 @@ class GenerationStats:
     trimmed_samples: int  # silent tail removed
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One text as the engine decodes it."""
+@dataclass(frozen=True, eq=False)
+class _Text:
+    """One text as the engine decodes it: its engine row, and its context's audio frames."""
 
-    prefix: Any  # embeddings [P, H] of its request's context, or None
-    prompt: Any  # embeddings [S, H] of its own turn
-    cap: int
-    sampling: Any  # engine.Sampling
+    row: Any  # engine.Row: embeddings of its request's context (prefix) and of its own turn, cap, sampling
     context_frames: int
 
 
-def _generated(row: _Row, wave: np.ndarray, frames: int) -> Generated:
+def _generated(text: _Text, wave: np.ndarray, frames: int) -> Generated:
     trimmed = trim_trailing_silence(wave, SAMPLE_RATE)
-    prefix_len = 0 if row.prefix is None else len(row.prefix)
-    stats = GenerationStats(prefix_len + len(row.prompt), row.context_frames, frames, row.cap,
-                            len(wave) - len(trimmed))
+    stats = GenerationStats(text.row.length, text.context_frames, frames, text.row.cap, len(wave) - len(trimmed))
     return Generated(trimmed, SAMPLE_RATE, stats)
 
 
@@ -132,43 +136,59 @@ class CSMModel(SpeechModel):
 
         seeds[i] seeds text i's own sampler: its draw does not depend on which texts share the batch.
         """
+        texts = [self.start_texts(r) for r in requests]
+        where = {text: (r, i) for r, group in enumerate(texts) for i, text in enumerate(group)}
+        pending = [text for group in texts for text in group]
+        done: dict[Any, Generated] = {}
+
+        def ended(text: Any, result: Generated) -> None:
+            done[text] = result
+            if on_row is not None:
+                on_row(*where[text], result)
+
+        self.generate_stream(lambda _free: [pending.pop() for _ in range(len(pending))][::-1], ended,
+                             max(1, len(pending)))
+        return [[done[text] for text in group] for group in texts]
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Continuous batching: each text's row is decoded as soon as it ends and handed to `on_done`, and its slot
+        is taken by the next text `refill` hands over, prefilled after its own request's context."""
         import torch
+
+        engine = self.engine
+        if engine is None:
+            raise CSMModelError("the model was cleaned up")
+        running: dict[Any, _Text] = {}
+
+        def take(free: int) -> list[Any]:
+            texts = refill(free)
+            running.update((text.row, text) for text in texts)
+            return [text.row for text in texts]
+
+        def ended(row: Any, codes: Any) -> None:
+            text = running.pop(row)
+            on_done(text, _generated(text, engine.decode(codes).numpy().astype(np.float32), len(codes)))
+
+        try:
+            engine.run(take(size), ended, take, size)
+        except torch.OutOfMemoryError as e:
+            raise CSMModelError(f"out of memory generating {len(running)} texts on {self.device}") from e
+
+    def start_texts(self, request: SpeechRequest) -> list[Any]:
+        """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""
+        from worker.models.engine import Row, Sampling
 
         if self.engine is None:
             raise CSMModelError("the model was cleaned up")
-        rows = [self._rows(r) for r in requests]
-        flat = [row for group in rows for row in group]
-        where = [(r, i) for r, group in enumerate(rows) for i in range(len(group))]
-        done: dict[int, Generated] = {}
-
-        def row_ended(index: int, codes: Any) -> None:
-            assert self.engine is not None
-            wave = self.engine.decode(codes).numpy().astype(np.float32)
-            done[index] = _generated(flat[index], wave, len(codes))
-            if on_row is not None:
-                on_row(*where[index], done[index])
-
-        try:
-            self.engine.generate_rows([r.prefix for r in flat], [r.prompt for r in flat], [r.cap for r in flat],
-                                      [r.sampling for r in flat], row_ended)
-        except torch.OutOfMemoryError as e:
-            raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
-        return split_by([done[i] for i in range(len(flat))], [len(group) for group in rows])
-
-    def _rows(self, request: SpeechRequest) -> list[_Row]:
-        """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""
-        from worker.models.engine import Sampling
-
-        assert self.engine is not None
         prefix, context_frames = self._prefix(request.context or [])
         prefix_len = 0 if prefix is None else len(prefix)
-        rows = []
+        texts = []
         for text, seed in request.seeded_texts():
             prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
             cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
-            rows.append(_Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
-                             context_frames))
-        return rows
+            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed)),
+                               context_frames))
+        return texts
 
     def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:
         cap = min(frame_budget(text, max_audio_length_ms), self.max_positions - prompt_tokens)
