@@ -52,6 +52,8 @@ class _Waiting:
 class BatchingModel(SpeechModel):
     """`model` behind one generation thread that batches the requests of concurrent jobs together."""
 
+    takes_concurrent_requests = True
+
     def __init__(self, model: SpeechModel, wait_s: float, continuous: bool = False) -> None:
         self.inner, self.wait_s, self.continuous = model, wait_s, continuous
         self.kind, self.model_id, self.revision = model.kind, model.model_id, model.revision

@@ -3,6 +3,7 @@ would alone, every text is generated once, and a short job is not held behind a 
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,9 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from producer.request import NarrationRequest
+from producer.storage import LocalStorage
 from worker.batcher import BatchingModel
 from worker.models import CSMModel, CSMModelError, Segment, SpeechRequest
 from worker.models.engine import Row, Sampling
+from worker.narration.manifest import Manifest
+from worker.narration.synthesis import ChunkSynthesizer
+from worker.narration.text import chunk_text
 
 REFERENCE = (0.1 * np.sin(np.linspace(0, 2000, 16_000))).astype(np.float32)  # 1 s at 16 kHz
 ANCHOR = [Segment(1, "Hello there.", REFERENCE, 16_000)]
@@ -130,3 +136,25 @@ def test_a_short_job_ends_while_a_long_job_runs_and_a_bad_one_fails_alone(model:
         quick.result(timeout=120)
         running.result(timeout=120)
     assert ended["short"] < ended["long"], "the one-line job waited for the long one"
+
+
+def test_a_chunk_that_fails_qa_is_tried_again_while_its_batch_runs_on(model: CSMModel, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Random weights run every chunk to its frame cap (QA: runaway): the short chunk's second try starts at once,
+    joining the batch where the long chunk still runs, and every chunk is stored once, in order, after two tries."""
+    monkeypatch.setattr(model, "batch_size", 4)
+    shared = BatchingModel(model, wait_s=0.0, continuous=True)
+    request = NarrationRequest(text="Hi. The keeper counted the waves.")
+    chunks = chunk_text(request.text, 20)
+    synthesizer = ChunkSynthesizer(shared, request, "job-qa-retry", tmp_path / "spool")
+    synthesizer.manifest = Manifest.open(LocalStorage(tmp_path / "store"), "job-qa-retry", request, {}, {},
+                                         len(chunks), None)
+    with caplog.at_level(logging.INFO, logger="worker.narration.synthesis"):
+        entries = list(synthesizer.synthesize_batch(chunks))
+    assert [e["index"] for e in entries] == [c.index for c in chunks] and len(chunks) >= 2
+    assert all(e["attempts"] == 2 and "runaway" in e["qa"]["problems"] for e in entries)
+    lines = [r.getMessage() for r in caplog.records]
+    retry = next(i for i, line in enumerate(lines) if "started (attempt 2)" in line)
+    first_batch = next(i for i, line in enumerate(lines) if f"{len(chunks)} chunks (attempt 1) generated" in line)
+    assert len(chunks) == 2 and retry < first_batch, "the short chunk's retry waited for the whole batch"

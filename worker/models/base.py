@@ -82,6 +82,7 @@ class SpeechModel:
     revision: str | None = None
     device = "cpu"
     batch_size = 1  # how many texts generate_batch callers should hand over at once (ECHOFORGE_BATCH_SIZE)
+    takes_concurrent_requests = False  # whether several threads may call generate_* at once (they share its batches)
 
     def generate_speech(
         self,

@@ -38,6 +38,7 @@ __all__ = ["CsmEngine", "OnFrame", "OnRow", "Refill", "Row", "Sampling", "comput
 log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25  # drop finished rows once this share of the batch has finished (and none waits)
+MAX_PREFIXES = 16  # prefixes' K/V kept within one run, for the rows refilled after them
 MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch size x top-k); batches across jobs vary in size
 
 OnRow = Callable[[Row, torch.Tensor], None]  # (row, its codes [frames, codebooks]) as the row ends
@@ -80,6 +81,7 @@ class CsmEngine:
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         self.depth_positions = torch.arange(self.codebooks, device=self.device)[None]
         self.kmax = 1
+        self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._graphs: dict[tuple[int, int], Any] = {}
         self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
 
@@ -150,6 +152,7 @@ class CsmEngine:
              on_frame: OnFrame | None) -> None:
         slots = Slots(self.device, self.codebooks)
         self.backbone.allocate(0, 0)
+        self._prefix_kv = {}
         hidden = self._admit(slots, rows, None, size)
         while hidden is not None:
             codes = self._frame(hidden, self._noise(slots.generators), slots.scale, slots.kth)
@@ -241,21 +244,27 @@ class CsmEngine:
         return not self.use_cuda_graphs and live <= batch * (1 - COMPACT_FRACTION)
 
     def _prefill_prefixes(self, prefixes: list[torch.Tensor | None]) -> None:
-        """Each distinct prefix once, at batch 1; its K/V are then copied into the rows it leads."""
+        """Each distinct prefix once per run, at batch 1 (kept for rows refilled after it later in the run); its K/V
+        are copied into the rows it leads."""
         rows_k, rows_v = self.backbone.k, self.backbone.v
         rows_of: dict[int, list[int]] = {}
         for row, prefix in enumerate(prefixes):
             if prefix is not None and len(prefix):
                 rows_of.setdefault(id(prefix), []).append(row)
-        for rows in rows_of.values():
+        for key, rows in rows_of.items():
             prefix = prefixes[rows[0]]
             assert prefix is not None
-            length = len(prefix)
-            self.backbone.allocate(1, length)
-            self.backbone.forward(prefix.to(self.dtype)[None], torch.arange(length, device=self.device)[None], 0, None)
+            if key not in self._prefix_kv:
+                while len(self._prefix_kv) >= MAX_PREFIXES:
+                    del self._prefix_kv[next(iter(self._prefix_kv))]
+                self.backbone.allocate(1, len(prefix))
+                positions = torch.arange(len(prefix), device=self.device)[None]
+                self.backbone.forward(prefix.to(self.dtype)[None], positions, 0, None)
+                self._prefix_kv[key] = (prefix, self.backbone.k, self.backbone.v)  # the tensor: its id stays its own
+            _, k, v = self._prefix_kv[key]
             index = torch.tensor(rows, device=self.device)
-            rows_k[:, index, :, :length] = self.backbone.k
-            rows_v[:, index, :, :length] = self.backbone.v
+            rows_k[:, index, :, : len(prefix)] = k
+            rows_v[:, index, :, : len(prefix)] = v
         self.backbone.k, self.backbone.v = rows_k, rows_v
 
     def _prefill(self, rows: list[Row], prefix_len: int, width: int, valid: torch.Tensor) -> torch.Tensor:
