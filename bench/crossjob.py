@@ -118,7 +118,8 @@ def long_text(chunks: int, chars: int) -> str:
 def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continuous: bool) -> dict[str, float]:
     """One long job, then the short jobs one every --gap-s while it runs; completion times and jobs/s."""
     env = {"ECHOFORGE_CONTINUOUS_BATCHING": str(continuous).lower(), "ECHOFORGE_BATCH_SIZE": str(args.batch),
-           "ECHOFORGE_MAX_CHUNK_CHARS": str(args.chunk_chars), "ECHOFORGE_FIRST_CHUNK_CHARS": "0"}
+           "ECHOFORGE_MAX_CHUNK_CHARS": str(args.chunk_chars), "ECHOFORGE_FIRST_CHUNK_CHARS": "0",
+           **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     name = "continuous" if continuous else "static"
     worker = services.start_worker(settings, tmp, name=name, pool="threads", concurrency=args.short_jobs + 1,
                                    timeout=1800, extra_env=env)
@@ -160,6 +161,7 @@ def mixed(args: argparse.Namespace) -> None:
                "static_jobs_per_s": static["jobs_per_s"], "continuous_jobs_per_s": cont["jobs_per_s"],
                "static_long_job_s": static["long_s"], "continuous_long_job_s": cont["long_s"],
                "long_job_chunks": cont["long_chunks"], "short_jobs": args.short_jobs, "batch": args.batch,
+               "chunk_chars": args.chunk_chars, "threads": args.threads,
                "model": args.model, "device": args.device}
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if args.json:
@@ -181,10 +183,12 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="static vs continuous batching: a long job, short jobs")
     parser.add_argument("--long-chunks", type=int, default=40)
     parser.add_argument("--short-jobs", type=int, default=16)
-    parser.add_argument("--chunk-chars", type=int, default=72, help="the long job's longest chunks, in characters")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the worker's OMP_NUM_THREADS (0: torch's default; 1 on a CPU shared with other work)")
+    parser.add_argument("--chunk-chars", type=int, default=90, help="the long job's longest chunks, in characters")
     parser.add_argument("--batch", type=int, default=20, help="ECHOFORGE_BATCH_SIZE of the mixed rounds")
     parser.add_argument("--lead-s", type=float, default=10.0, help="the long job's head start")
-    parser.add_argument("--gap-s", type=float, default=6.0, help="between short jobs")
+    parser.add_argument("--gap-s", type=float, default=8.0, help="between short jobs")
     parser.add_argument("--json", action="store_true", help="--mixed: one JSON object")
     args = parser.parse_args()
     args.model = args.model or ("small-random" if args.mixed else "mid-random")

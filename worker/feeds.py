@@ -1,15 +1,16 @@
 """The running jobs' texts waiting for batch slots under continuous batching, each job given its fair share.
 
 Each call a job makes (generate_requests) is a Feed: its texts not yet started and how many are running. As slots
-free, FeedQueue.take starts texts of the feed with the fewest running (the earliest on a tie), so a job that just
-arrived gets the next free slot ahead of a long job's backlog, and jobs running together hold about equal shares.
+free, FeedQueue.take starts a waiting text of the job (the requests' `owner`; else the call) with the fewest texts
+running, the earliest call on a tie, so a job that just arrived gets the next free slot ahead of a long job's
+backlog (its QA retries included), and jobs running together hold about equal shares.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class Feed:
     def texts(self) -> int:
         return sum(len(r.texts) for r in self.requests)
 
+    @property
+    def owner(self) -> object:
+        return self.requests[0].owner or self
+
 
 class FeedQueue:
     """The feeds of the running jobs, guarded by `lock` (shared with whoever counts the jobs)."""
@@ -65,11 +70,14 @@ class FeedQueue:
             self.lock.wait_for(lambda: any(f.waiting for f in self.feeds))
 
     def take(self, free: int, start: StartTexts) -> list[Any]:
-        """Up to `free` texts to start now, one at a time from the feed with the fewest running."""
+        """Up to `free` texts to start now, one at a time from the job with the fewest running."""
         handles: list[Any] = []
         with self.lock:
             while len(handles) < free and (ready := [f for f in self.feeds if f.waiting]):
-                feed = min(ready, key=lambda f: (f.running, f.arrived))
+                running = Counter[object]()
+                for f in self.feeds:
+                    running[f.owner] += f.running
+                feed = min(ready, key=lambda f: (running[f.owner], f.arrived))
                 if feed.handles is None and not self._prepare(feed, start):
                     continue
                 assert feed.handles is not None

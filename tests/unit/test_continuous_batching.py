@@ -4,6 +4,7 @@ would alone, every text is generated once, and a short job is not held behind a 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,8 @@ import torch
 from producer.request import NarrationRequest
 from producer.storage import LocalStorage
 from worker.batcher import BatchingModel
-from worker.models import CSMModel, CSMModelError, Segment, SpeechRequest
+from worker.feeds import Feed, FeedQueue
+from worker.models import CSMModel, CSMModelError, Generated, PlaceholderCSMModel, Segment, SpeechRequest
 from worker.models.engine import Row, Sampling
 from worker.narration.manifest import Manifest
 from worker.narration.synthesis import ChunkSynthesizer
@@ -158,3 +160,19 @@ def test_a_chunk_that_fails_qa_is_tried_again_while_its_batch_runs_on(model: CSM
     retry = next(i for i, line in enumerate(lines) if "started (attempt 2)" in line)
     first_batch = next(i for i, line in enumerate(lines) if f"{len(chunks)} chunks (attempt 1) generated" in line)
     assert len(chunks) == 2 and retry < first_batch, "the short chunk's retry waited for the whole batch"
+
+
+def test_a_job_that_just_arrived_gets_the_next_free_slot_ahead_of_a_long_jobs_backlog() -> None:
+    feeds, start = FeedQueue(threading.Condition()), PlaceholderCSMModel().start_texts
+    long = Feed([SpeechRequest([f"Chunk {i}." for i in range(6)], owner="long")])
+    feeds.add(long)
+    running = feeds.take(4, start)
+    assert [h.index for h in running] == [0, 1, 2, 3]
+    retry = Feed([SpeechRequest(["Chunk 0 again."], owner="long")])  # the long job's QA retry, waiting first
+    short = Feed([SpeechRequest(["Hi."], owner="short")])
+    feeds.add(retry)
+    feeds.add(short)
+    feeds.done(running[0], Generated(np.zeros(1, np.float32), 24_000))
+    [next_text] = feeds.take(1, start)
+    assert next_text.request is short.requests[0], "the job with no text running goes first"
+    assert [h.request.texts[h.index] for h in feeds.take(3, start)] == ["Chunk 4.", "Chunk 5.", "Chunk 0 again."]

@@ -69,9 +69,18 @@ class SpeechRequest:
     context: list[Segment] | None = None
     seeds: list[int | None] | None = None
     max_audio_length_ms: float | None = None
+    owner: str | None = None  # whose texts (a job id): a shared model gives each owner a fair share of its slots
 
     def seeded_texts(self) -> list[tuple[str, int | None]]:
         return list(zip(self.texts, self.seeds or [None] * len(self.texts), strict=True))
+
+
+@dataclass(frozen=True, eq=False)  # one handle per text started, told apart by identity
+class TextOf:
+    """Text `index` of `request`: the default handle of SpeechModel.start_texts."""
+
+    request: SpeechRequest
+    index: int
 
 
 class SpeechModel:
@@ -109,10 +118,12 @@ class SpeechModel:
         seeds: list[int | None] | None = None,
         max_audio_length_ms: float | None = None,
         on_done: Callable[[int, Generated], None] | None = None,
+        owner: str | None = None,
     ) -> list[Generated]:
         """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
-        `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone)."""
-        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms)
+        `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone);
+        `owner` (a job id) groups the calls of one job for a shared model's fair shares."""
+        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner)
         rows = None if on_done is None else lambda _request, i, result: on_done(i, result)
         return self.generate_requests([request], rows)[0]
 
@@ -126,7 +137,7 @@ class SpeechModel:
 
     def start_texts(self, request: SpeechRequest) -> list[Any]:
         """One handle per text of `request`, for generate_stream (raises what generating the request would)."""
-        return [(request, i) for i in range(len(request.texts))]
+        return [TextOf(request, i) for i in range(len(request.texts))]
 
     def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
         """Speak the texts `refill(free slots)` hands over (handles from start_texts), at most `size` at once, until
@@ -139,12 +150,12 @@ class SpeechModel:
 
     def _speak_together(self, handles: list[Any], on_done: TextDone) -> None:
         """One generate_requests call for texts of several requests (handles from start_texts)."""
-        groups: dict[int, list[Any]] = {}
+        groups: dict[int, list[TextOf]] = {}
         for handle in handles:
-            groups.setdefault(id(handle[0]), []).append(handle)
+            groups.setdefault(id(handle.request), []).append(handle)
         parts = list(groups.values())
-        requests = [replace(part[0][0], texts=[request.texts[i] for request, i in part],
-                            seeds=[request.seeded_texts()[i][1] for request, i in part]) for part in parts]
+        requests = [replace(part[0].request, texts=[h.request.texts[h.index] for h in part],
+                            seeds=[h.request.seeded_texts()[h.index][1] for h in part]) for part in parts]
         self.generate_requests(requests, lambda r, i, result: on_done(parts[r][i], result))
 
     fallback_reason: str | None = None

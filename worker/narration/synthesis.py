@@ -180,7 +180,7 @@ class ChunkSynthesizer:
         results = self.model.generate_batch(
             [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
             top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done)
+            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id)
         log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
                  len(chunks), attempt + 1, time.perf_counter() - started,
                  sum(len(r.audio) / r.sample_rate for r in results))
