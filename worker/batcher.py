@@ -126,7 +126,7 @@ class BatchingModel(SpeechModel):
             log.warning("a shared run failed (%s); the jobs with texts in it fail", e)
             self._feeds.fail_running(e)
         log.info("generated %d texts of %d jobs together in %.2f s, continuously", len(self._feeds.started),
-                 len(set(self._feeds.started)), time.perf_counter() - started)
+                 len({feed.owner for feed in self._feeds.started}), time.perf_counter() - started)
 
     def _next_batch(self) -> list[_Waiting]:
         """The waiting requests, oldest first, up to batch_size texts (the first whole), once full or waited for."""

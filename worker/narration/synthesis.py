@@ -138,6 +138,7 @@ class ChunkSynthesizer:
             elif number == attempt + 1 and i in firsts and i not in finished:
                 finished.add(i)
                 yield i, [firsts[i], self._checked(chunks[i], result)]
+
     def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
         """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
 
