@@ -208,7 +208,8 @@ class CsmEngine:
             batch = max(batch, size)
         width = max([row.length + row.cap for row in rows] + [self.backbone.k.shape[3]])
         slots.grow(batch, max(row.cap for row in rows))
-        self.backbone.resize(len(slots), width)
+        if (len(slots), width) != (self.backbone.k.shape[1], self.backbone.k.shape[3]):
+            self.backbone.resize(len(slots), width)
         free += slots.free()[len(free): len(rows)]
         prefilled = self._prefill_rows(rows, free)
         out = torch.zeros(len(slots), prefilled.shape[-1], device=self.device, dtype=self.dtype)
