@@ -146,8 +146,11 @@ class CSMModel(SpeechModel):
             if on_row is not None:
                 on_row(*where[text], result)
 
-        self.generate_stream(lambda _free: [pending.pop() for _ in range(len(pending))][::-1], ended,
-                             max(1, len(pending)))
+        def all_at_once(_free: int) -> list[Any]:
+            taken, pending[:] = list(pending), []
+            return taken
+
+        self.generate_stream(all_at_once, ended, max(1, len(pending)))
         return [[done[text] for text in group] for group in texts]
 
     def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:

@@ -158,7 +158,8 @@ class CsmEngine:
             codes = self._frame(hidden, self._noise(slots.generators), slots.scale, slots.kth)
             going = self._advance(slots, codes, on_row, on_frame)
             free = size - len(going)
-            new = refill(free)[:free] if refill is not None and free > 0 else []
+            new = refill(free) if refill is not None and free > 0 else []
+            assert len(new) <= free, f"refill handed over {len(new)} rows for {free} free slots"
             if not going and not new:
                 return
             if not new and self._compact(len(going), len(slots)):
