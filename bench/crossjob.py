@@ -13,7 +13,15 @@ decoder 512 wide, 4 layers; the real Mimi codec), so the baseline round takes ab
 
 --device cuda runs the worker on the GPU (bench/gpu_check.sh); --figures also prints one JSON line per figure.
 
+--mixed: static batching vs continuous batching (ECHOFORGE_CONTINUOUS_BATCHING), one round each on a threads worker:
+one long job of chapter-length chunks (--long-chunks, default 40) and --short-jobs one-sentence jobs (default 16)
+submitted one after another while it runs, the same schedule in both rounds. Each short job's completion time
+(finished - submitted), its p50 and p95, and jobs/s over all of them (jobs / (last finished - first submitted));
+--json prints them as one object. --model small-random (the default with --mixed; its codec reduced too) keeps both
+rounds within minutes on a 2-core CPU.
+
     ./dev bench crossjob [--jobs 8] [--model mid-random|full-random] [--device cpu|cuda] [--figures]
+    ./dev bench crossjob --mixed [--long-chunks 40] [--short-jobs 16] [--batch 8] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,10 +55,27 @@ def mid_config() -> Any:
                      num_key_value_heads=4, depth_decoder_config=depth)
 
 
+def small_config() -> Any:
+    """CSM's layout much reduced, codec included (backbone 256 wide, 2 layers; depth decoder 128 wide, 1 layer; a
+    Mimi of 32 codebooks of 2048 ids, 32 wide): 32 codebooks per 80 ms frame as in CSM-1B, a few ms a frame."""
+    from transformers import CsmConfig, MimiConfig
+
+    codec = MimiConfig(hidden_size=32, num_filters=4, codebook_size=2048, codebook_dim=16, num_quantizers=32,
+                       vector_quantization_hidden_dimension=16, upsample_groups=32, num_hidden_layers=1,
+                       intermediate_size=64, num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    depth = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "backbone_hidden_size": 256}
+    return CsmConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, depth_decoder_config=depth, codec_config=codec.to_dict())
+
+
+CONFIGS = {"small-random": small_config, "mid-random": mid_config, "full-random": lambda: None}
+
+
 def save_checkpoint(directory: Path, model_name: str) -> Path:
     from bench.generation import build_full_size
 
-    processor, model = build_full_size(mid_config() if model_name == "mid-random" else None)
+    processor, model = build_full_size(CONFIGS[model_name]())
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
@@ -75,13 +101,100 @@ def round_on(settings: Settings, tmp: Path, name: str, jobs: int, pool: str,
         worker.stop()
 
 
+def long_text(chunks: int, chars: int) -> str:
+    """About `chunks` chunks of at most `chars` characters, of sentences of varied length as in prose (so its rows
+    end at different frames): each chunk one sentence of `chars` / 2 to `chars` characters."""
+    words = ["the", "keeper", "climbed", "the", "stair", "and", "counted", "every", "wave", "that", "broke", "below",
+             "the", "light"]
+    sentences = []
+    for i in range(chunks):
+        target, sentence = chars // 2 + 2 + (i * 7919) % (chars // 2 - 8), []
+        while len(" ".join(sentence)) < target:
+            sentence.append(words[(i + len(sentence)) % len(words)])
+        sentences.append(" ".join(sentence).capitalize() + ".")
+    return " ".join(sentences)
+
+
+def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continuous: bool) -> dict[str, float]:
+    """One long job, then the short jobs one every --gap-s while it runs; completion times and jobs/s."""
+    env = {"ECHOFORGE_CONTINUOUS_BATCHING": str(continuous).lower(), "ECHOFORGE_BATCH_SIZE": str(args.batch),
+           "ECHOFORGE_MAX_CHUNK_CHARS": str(args.chunk_chars), "ECHOFORGE_FIRST_CHUNK_CHARS": "0",
+           **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    name = "continuous" if continuous else "static"
+    worker = services.start_worker(settings, tmp, name=name, pool="threads", concurrency=args.short_jobs + 1,
+                                   timeout=1800, extra_env=env)
+    try:
+        client = NarrationClient(settings)
+        client.wait(client.submit({"text": TEXTS[0]}).id, timeout=600)  # warm-up: first allocations, S3 client
+        t0 = time.time()
+        long_id = client.submit({"text": long_text(args.long_chunks, args.chunk_chars), "speaker_id": 0}).id
+        time.sleep(args.lead_s)
+        short: list[tuple[str, float]] = []
+        for i in range(args.short_jobs):
+            short.append((client.submit({"text": TEXTS[i % len(TEXTS)], "speaker_id": 1 + i % 3}).id, time.time()))
+            time.sleep(args.gap_s)
+        finals = {job_id: client.wait(job_id, timeout=3600) for job_id in [long_id, *(j for j, _ in short)]}
+        assert all(f.state is JobState.SUCCEEDED for f in finals.values()), [f.error for f in finals.values()]
+        assert finals[long_id].progress["chunks_total"] >= args.long_chunks * 0.9, finals[long_id].progress
+        waits = sorted((finals[j].finished_at or 0.0) - at for j, at in short)
+        end = max(f.finished_at or 0.0 for f in finals.values())
+        return {"p50": statistics.median(waits), "p95": waits[min(len(waits) - 1, round(0.95 * len(waits)) - 1)],
+                "jobs_per_s": len(finals) / (end - t0), "long_s": (finals[long_id].finished_at or 0.0) - t0,
+                "long_chunks": finals[long_id].progress["chunks_total"]}
+    finally:
+        worker.stop()
+
+
+def mixed(args: argparse.Namespace) -> None:
+    with services.bench_services() as (tmp, redis_url, s3_url):
+        checkpoint = save_checkpoint(tmp / args.model, args.model)
+        settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,
+                            model_path=str(checkpoint), device=args.device, allow_placeholder=False)
+        rounds = {}
+        for continuous in (False, True):
+            rounds[continuous] = mixed_round(settings, tmp, args, continuous)
+            print(f"{'continuous' if continuous else 'static'}: {json.dumps(rounds[continuous])}", file=sys.stderr,
+                  flush=True)
+    static, cont = rounds[False], rounds[True]
+    figures = {"static_short_p50_s": static["p50"], "continuous_short_p50_s": cont["p50"],
+               "static_short_p95_s": static["p95"], "continuous_short_p95_s": cont["p95"],
+               "static_jobs_per_s": static["jobs_per_s"], "continuous_jobs_per_s": cont["jobs_per_s"],
+               "static_long_job_s": static["long_s"], "continuous_long_job_s": cont["long_s"],
+               "long_job_chunks": cont["long_chunks"], "short_jobs": args.short_jobs, "batch": args.batch,
+               "chunk_chars": args.chunk_chars, "threads": args.threads,
+               "model": args.model, "device": args.device}
+    figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"short jobs, p50: static {static['p50']:.2f} s, continuous {cont['p50']:.2f} s "
+          f"({cont['p50'] / static['p50']:.2f}x); p95: {static['p95']:.2f} s vs {cont['p95']:.2f} s")
+    print(f"jobs/s: static {static['jobs_per_s']:.4f}, continuous {cont['jobs_per_s']:.4f} "
+          f"({cont['jobs_per_s'] / static['jobs_per_s']:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=8, help="jobs per burst, and the threads pool's concurrency")
-    parser.add_argument("--model", choices=["mid-random", "full-random"], default="mid-random")
+    parser.add_argument("--model", choices=sorted(CONFIGS), default=None,
+                        help="mid-random (small-random with --mixed)")
     parser.add_argument("--device", default="cpu", help="the worker's device (cpu, cuda)")
     parser.add_argument("--figures", action="store_true", help="also one JSON line per figure")
+    parser.add_argument("--mixed", action="store_true", help="static vs continuous batching: a long job, short jobs")
+    parser.add_argument("--long-chunks", type=int, default=40)
+    parser.add_argument("--short-jobs", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the worker's OMP_NUM_THREADS (0: torch's default; 1 on a CPU shared with other work)")
+    parser.add_argument("--chunk-chars", type=int, default=90, help="the long job's longest chunks, in characters")
+    parser.add_argument("--batch", type=int, default=20, help="ECHOFORGE_BATCH_SIZE of the mixed rounds")
+    parser.add_argument("--lead-s", type=float, default=10.0, help="the long job's head start")
+    parser.add_argument("--gap-s", type=float, default=8.0, help="between short jobs")
+    parser.add_argument("--json", action="store_true", help="--mixed: one JSON object")
     args = parser.parse_args()
+    args.model = args.model or ("small-random" if args.mixed else "mid-random")
+    if args.mixed:
+        mixed(args)
+        return
     with services.bench_services() as (tmp, redis_url, s3_url):
         checkpoint = save_checkpoint(tmp / args.model, args.model)
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,

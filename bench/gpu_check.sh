@@ -2,7 +2,8 @@
 # One prepared check for a GPU machine (one H100/H200-class GPU), in under 8 minutes of steps:
 #   GPU basics (nvidia-smi); every CUDA-only test (pytest -rs, so skips show); the generation benchmark on the
 #   full-size architecture at batch 1, 8, 32 and 64, engine in bf16 with CUDA graphs on and off, against plain
-#   transformers generate in fp32 and bf16; the cross-job benchmark, briefly, with the worker on the GPU.
+#   transformers generate in fp32 and bf16; the cross-job benchmark, briefly, with the worker on the GPU, and its
+#   --mixed round (a long job and one-sentence jobs, static vs continuous batching: one JSON object).
 # Prints one JSON line per figure (what, batch, dtype, graphs, value, unit) and writes them to $OUT/gpu_check.jsonl
 # when $OUT is set. Each step has its own timeout, cut to what is left of the overall budget (BUDGET_S, default
 # 450 s); a step that fails or runs out of time makes the exit status 1, the others still run. No GPU: exit 2 at once.
@@ -91,6 +92,7 @@ step "generation, batch 8" 70 "${GEN[@]}" --batch 8 --skip naive
 step "generation, batch 32" 70 "${GEN[@]}" --batch 32 --skip naive
 step "generation, batch 64" 80 "${GEN[@]}" --batch 64 --skip naive
 step "crossjob" 120 "$PY" bench/crossjob.py --device cuda --jobs 8 --figures
+step "crossjob mixed" 150 "$PY" bench/crossjob.py --mixed --device cuda --model mid-random --json
 
 echo "== figures ($(grep -c . "$FIGURES") lines)" >&2
 if [ -n "${OUT:-}" ]; then

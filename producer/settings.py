@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     # Texts generated together: a job's chunks after its voice anchor and, in a worker running several jobs at once
     # (`--pool threads --concurrency N`), other jobs' chunks; see bench/generation.py and bench/crossjob.py.
     batch_size: int = Field(default=32, ge=1, le=256)
-    # How long a batch that is not full waits for other running jobs to join it (threads pool only).
+    # How long a batch that is not full waits for other running jobs to join it (threads pool, static batches only).
     batch_wait_ms: float = Field(default=50.0, ge=0.0, le=10_000.0)
+    # Threads pool: a text's batch slot goes to the next waiting text (of any running job) as soon as it ends;
+    # false: static batches, each job waiting for its whole batch.
+    continuous_batching: bool = True
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None

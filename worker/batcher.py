@@ -1,11 +1,19 @@
 """Cross-job batching: the jobs one worker process runs at once (threads pool) share its model and its batches.
 
 Each job's pipeline calls generate_batch as usual, from its own thread; BatchingModel hands the request to one
-generation thread, which decodes the requests of every job waiting at that moment in one engine call (up to
-`batch_size` texts, the first request always whole). Like a dynamic batcher's queue delay, a batch that is not full
-waits for the other running jobs at most `wait_s` after its oldest request arrived, and not at all once every
-running job is waiting. A request that fails inside a shared batch is run again on its own, so one job's bad input
-fails only that job. Should the generation thread itself die, every waiting and later request fails at once.
+generation thread. Should that thread itself die, every waiting and later request fails at once.
+
+Continuous (ECHOFORGE_CONTINUOUS_BATCHING, the default): the generation thread runs the model for as long as any job
+has texts waiting, up to `batch_size` at once; as a text ends, its job hears of it and its slot goes to the next
+waiting text of the job with the fewest running (worker/feeds.py), so a one-sentence job starts at the next free slot
+instead of waiting behind a chapter's batch. A request the model refuses fails only its job; a failure mid-run fails
+the jobs with texts in flight.
+
+Static: the thread decodes the requests of every job waiting at that moment in one engine call (up to `batch_size`
+texts, the first request always whole), and each job waits for its whole batch. Like a dynamic batcher's queue
+delay, a batch that is not full waits for the other running jobs at most `wait_s` after its oldest request arrived,
+and not at all once every running job is waiting. A request that fails inside a shared batch is run again on its
+own, so one job's bad input fails only that job.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.feeds import Feed, FeedQueue
 from worker.models import CSMModelError, Generated, SpeechModel, SpeechRequest
 from worker.models.base import RowDone, split_by
 
@@ -43,14 +52,17 @@ class _Waiting:
 class BatchingModel(SpeechModel):
     """`model` behind one generation thread that batches the requests of concurrent jobs together."""
 
-    def __init__(self, model: SpeechModel, wait_s: float) -> None:
-        self.inner, self.wait_s = model, wait_s
+    takes_concurrent_requests = True
+
+    def __init__(self, model: SpeechModel, wait_s: float, continuous: bool = False) -> None:
+        self.inner, self.wait_s, self.continuous = model, wait_s, continuous
         self.kind, self.model_id, self.revision = model.kind, model.model_id, model.revision
         self.device, self.batch_size, self.fallback_reason = model.device, model.batch_size, model.fallback_reason
         self._queue: deque[_Waiting] = deque()
         self._ready = threading.Condition()
         self._jobs = 0  # jobs holding serving_job()
         self._broken: str | None = None
+        self._feeds = FeedQueue(self._ready)
         threading.Thread(target=self._serve, name="echoforge-batcher", daemon=True).start()
 
     def describe(self) -> dict[str, Any]:
@@ -70,12 +82,15 @@ class BatchingModel(SpeechModel):
     def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
         """Blocks this job's thread until the batch its requests joined has been decoded; `on_row` is called (from
         the generation thread) as each of this job's texts is done."""
-        waiting = _Waiting(list(requests), on_row)
+        waiting = Feed(list(requests), on_row) if self.continuous else _Waiting(list(requests), on_row)
         with self._ready:
             if self._broken is not None:
                 raise CSMModelError(f"this worker's generation thread stopped: {self._broken}")
-            self._queue.append(waiting)
-            self._ready.notify_all()
+            if isinstance(waiting, Feed):
+                self._feeds.add(waiting)
+            else:
+                self._queue.append(waiting)
+                self._ready.notify_all()
         return waiting.result.result()
 
     def cleanup(self) -> None:
@@ -83,6 +98,8 @@ class BatchingModel(SpeechModel):
 
     def _serve(self) -> None:
         try:
+            while self.continuous:
+                self._run_continuously()
             while True:
                 batch = self._next_batch()
                 started = time.perf_counter()
@@ -95,6 +112,21 @@ class BatchingModel(SpeechModel):
                 self._broken = f"{type(e).__name__}: {e}"
                 while self._queue:
                     self._queue.popleft().result.set_exception(CSMModelError(self._broken))
+            self._feeds.fail_all(CSMModelError(self._broken))
+
+    def _run_continuously(self) -> None:
+        """One model run, for as long as any job has texts waiting."""
+        self._feeds.wait_for_texts()
+        self._feeds.started.clear()
+        started = time.perf_counter()
+        try:
+            self.inner.generate_stream(lambda free: self._feeds.take(free, self.inner.start_texts), self._feeds.done,
+                                       self.batch_size)
+        except Exception as e:
+            log.warning("a shared run failed (%s); the jobs with texts in it fail", e)
+            self._feeds.fail_running(e)
+        log.info("generated %d texts of %d jobs together in %.2f s, continuously", len(self._feeds.started),
+                 len({feed.owner for feed in self._feeds.started}), time.perf_counter() - started)
 
     def _next_batch(self) -> list[_Waiting]:
         """The waiting requests, oldest first, up to batch_size texts (the first whole), once full or waited for."""

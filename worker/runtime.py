@@ -74,6 +74,6 @@ class WorkerProcess:
         if model is not None and model.kind == "csm" and self.job_slots > 1:
             from worker.batcher import BatchingModel
 
-            model = BatchingModel(model, settings.batch_wait_ms / 1000)
+            model = BatchingModel(model, settings.batch_wait_ms / 1000, settings.continuous_batching)
             log.info("%d jobs at a time share the model, up to %d texts per batch", self.job_slots, model.batch_size)
         return Runtime(settings, JobStore.from_settings(settings), open_storage(settings), model, error)

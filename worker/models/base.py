@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +13,8 @@ import numpy as np
 from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "split_by"]
+__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "TextDone", "TextRefill",
+           "split_by"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 _T = TypeVar("_T")
@@ -52,6 +53,11 @@ class Generated:
 RowDone = Callable[[int, int, "Generated"], None]
 
 
+# generate_stream's callbacks: (free slots) -> texts to start (handles from start_texts), and (handle, its speech).
+TextRefill = Callable[[int], list[Any]]
+TextDone = Callable[[Any, "Generated"], None]
+
+
 @dataclass(frozen=True)
 class SpeechRequest:
     """Several texts in one voice and context (one job's batch); seeds[i] makes text i repeatable on its own."""
@@ -63,9 +69,18 @@ class SpeechRequest:
     context: list[Segment] | None = None
     seeds: list[int | None] | None = None
     max_audio_length_ms: float | None = None
+    owner: str | None = None  # whose texts (a job id): a shared model gives each owner a fair share of its slots
 
     def seeded_texts(self) -> list[tuple[str, int | None]]:
         return list(zip(self.texts, self.seeds or [None] * len(self.texts), strict=True))
+
+
+@dataclass(frozen=True, eq=False)  # one handle per text started, told apart by identity
+class TextOf:
+    """Text `index` of `request`: the default handle of SpeechModel.start_texts."""
+
+    request: SpeechRequest
+    index: int
 
 
 class SpeechModel:
@@ -76,6 +91,7 @@ class SpeechModel:
     revision: str | None = None
     device = "cpu"
     batch_size = 1  # how many texts generate_batch callers should hand over at once (ECHOFORGE_BATCH_SIZE)
+    takes_concurrent_requests = False  # whether several threads may call generate_* at once (they share its batches)
 
     def generate_speech(
         self,
@@ -102,10 +118,12 @@ class SpeechModel:
         seeds: list[int | None] | None = None,
         max_audio_length_ms: float | None = None,
         on_done: Callable[[int, Generated], None] | None = None,
+        owner: str | None = None,
     ) -> list[Generated]:
         """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
-        `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone)."""
-        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms)
+        `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone);
+        `owner` (a job id) groups the calls of one job for a shared model's fair shares."""
+        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner)
         rows = None if on_done is None else lambda _request, i, result: on_done(i, result)
         return self.generate_requests([request], rows)[0]
 
@@ -116,6 +134,29 @@ class SpeechModel:
         Every model implements this; generate_speech and generate_batch are built on it.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement generate_requests")
+
+    def start_texts(self, request: SpeechRequest) -> list[Any]:
+        """One handle per text of `request`, for generate_stream (raises what generating the request would)."""
+        return [TextOf(request, i) for i in range(len(request.texts))]
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Speak the texts `refill(free slots)` hands over (handles from start_texts), at most `size` at once, until
+        it hands none while none is left; `on_done(handle, result)` as each is done, from this thread.
+
+        This default speaks them `size` at a time, a batch after a batch; CSMModel refills each slot as its text ends.
+        """
+        while handles := refill(size):
+            self._speak_together(handles, on_done)
+
+    def _speak_together(self, handles: list[Any], on_done: TextDone) -> None:
+        """One generate_requests call for texts of several requests (handles from start_texts)."""
+        groups: dict[int, list[TextOf]] = {}
+        for handle in handles:
+            groups.setdefault(id(handle.request), []).append(handle)
+        parts = list(groups.values())
+        requests = [replace(part[0].request, texts=[h.request.texts[h.index] for h in part],
+                            seeds=[h.request.seeded_texts()[h.index][1] for h in part]) for part in parts]
+        self.generate_requests(requests, lambda r, i, result: on_done(parts[r][i], result))
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)

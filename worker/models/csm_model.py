@@ -14,7 +14,16 @@ import numpy as np
 
 from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from producer.settings import DEFAULT_MODEL_ID
-from worker.models.base import SAMPLE_RATE, Generated, RowDone, Segment, SpeechModel, SpeechRequest, split_by
+from worker.models.base import (
+    SAMPLE_RATE,
+    Generated,
+    RowDone,
+    Segment,
+    SpeechModel,
+    SpeechRequest,
+    TextDone,
+    TextRefill,
+)
 from worker.models.device import select_device
 from worker.models.errors import CSMModelError, CSMModelLoadError
 from worker.models.frame_stream import DEFAULT_FRAMES_PER_CHUNK, stream_frames
@@ -59,22 +68,17 @@ class GenerationStats:
     trimmed_samples: int  # silent tail removed
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One text as the engine decodes it."""
+@dataclass(frozen=True, eq=False)
+class _Text:
+    """One text as the engine decodes it: its engine row, and its context's audio frames."""
 
-    prefix: Any  # embeddings [P, H] of its request's context, or None
-    prompt: Any  # embeddings [S, H] of its own turn
-    cap: int
-    sampling: Any  # engine.Sampling
+    row: Any  # engine.Row: embeddings of its request's context (prefix) and of its own turn, cap, sampling
     context_frames: int
 
 
-def _generated(row: _Row, wave: np.ndarray, frames: int) -> Generated:
+def _generated(text: _Text, wave: np.ndarray, frames: int) -> Generated:
     trimmed = trim_trailing_silence(wave, SAMPLE_RATE)
-    prefix_len = 0 if row.prefix is None else len(row.prefix)
-    stats = GenerationStats(prefix_len + len(row.prompt), row.context_frames, frames, row.cap,
-                            len(wave) - len(trimmed))
+    stats = GenerationStats(text.row.length, text.context_frames, frames, text.row.cap, len(wave) - len(trimmed))
     return Generated(trimmed, SAMPLE_RATE, stats)
 
 
@@ -165,27 +169,46 @@ class CSMModel(SpeechModel):
 
         seeds[i] seeds text i's own sampler: its draw does not depend on which texts share the batch.
         """
+        texts = [self.start_texts(r) for r in requests]
+        where = {text: (r, i) for r, group in enumerate(texts) for i, text in enumerate(group)}
+        pending = [text for group in texts for text in group]
+        done: dict[Any, Generated] = {}
+
+        def ended(text: Any, result: Generated) -> None:
+            done[text] = result
+            if on_row is not None:
+                on_row(*where[text], result)
+
+        def all_at_once(_free: int) -> list[Any]:
+            taken, pending[:] = list(pending), []
+            return taken
+
+        self.generate_stream(all_at_once, ended, max(1, len(pending)))
+        return [[done[text] for text in group] for group in texts]
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Continuous batching: each text's row is decoded as soon as it ends and handed to `on_done`, and its slot
+        is taken by the next text `refill` hands over, prefilled after its own request's context."""
         import torch
 
-        if self.engine is None:
+        engine = self.engine
+        if engine is None:
             raise CSMModelError("the model was cleaned up")
-        rows = [self._rows(r) for r in requests]
-        flat = [row for group in rows for row in group]
-        where = [(r, i) for r, group in enumerate(rows) for i in range(len(group))]
-        done: dict[int, Generated] = {}
+        running: dict[Any, _Text] = {}
 
-        def row_ended(index: int, codes: Any) -> None:
-            wave = self.decode(codes)
-            done[index] = _generated(flat[index], wave, len(codes))
-            if on_row is not None:
-                on_row(*where[index], done[index])
+        def take(free: int) -> list[Any]:
+            texts = refill(free)
+            running.update((text.row, text) for text in texts)
+            return [text.row for text in texts]
+
+        def ended(row: Any, codes: Any) -> None:
+            text = running.pop(row)
+            on_done(text, _generated(text, self.decode(codes), len(codes)))
 
         try:
-            self.engine.generate_rows([r.prefix for r in flat], [r.prompt for r in flat], [r.cap for r in flat],
-                                      [r.sampling for r in flat], row_ended)
+            engine.run(take(size), ended, take, size)
         except torch.OutOfMemoryError as e:
-            raise CSMModelError(f"out of memory generating {len(flat)} texts on {self.device}") from e
-        return split_by([done[i] for i in range(len(flat))], [len(group) for group in rows])
+            raise CSMModelError(f"out of memory generating {len(running)} texts on {self.device}") from e
 
     def stream_speech(self, text: str, speaker_id: int = DEFAULT_SPEAKER_ID, temperature: float = DEFAULT_TEMPERATURE,
                       top_k: int = DEFAULT_TOP_K, context: list[Segment] | None = None,
@@ -197,25 +220,28 @@ class CSMModel(SpeechModel):
         if self.engine is None:
             raise CSMModelError("the model was cleaned up")
         engine = self.engine
-        [row] = self._rows(SpeechRequest([text], speaker_id, temperature, top_k, context, [seed], max_audio_length_ms))
+        [one] = self.start_texts(SpeechRequest([text], speaker_id, temperature, top_k, context, [seed],
+                                               max_audio_length_ms))
+        row = one.row
         return stream_frames(lambda on_frame: engine.generate_rows([row.prefix], [row.prompt], [row.cap],
                                                                     [row.sampling], on_frame=on_frame),
                              self.streaming_codec(), frames_per_chunk)
 
-    def _rows(self, request: SpeechRequest) -> list[_Row]:
+    def start_texts(self, request: SpeechRequest) -> list[Any]:
         """The engine's rows for one request's texts: its context's prefix, each prompt, cap and sampler."""
-        from worker.models.engine import Sampling
+        from worker.models.engine import Row, Sampling
 
-        assert self.engine is not None
+        if self.engine is None:
+            raise CSMModelError("the model was cleaned up")
         prefix, context_frames = self._prefix(request.context or [])
         prefix_len = 0 if prefix is None else len(prefix)
-        rows = []
+        texts = []
         for text, seed in request.seeded_texts():
             prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
             cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
-            rows.append(_Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
-                             context_frames))
-        return rows
+            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed)),
+                               context_frames))
+        return texts
 
     def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:
         cap = min(frame_budget(text, max_audio_length_ms), self.max_positions - prompt_tokens)

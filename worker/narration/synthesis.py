@@ -78,47 +78,71 @@ class ChunkSynthesizer:
         while the others go on (so a worker that dies loses only the rows still in flight); one that fails QA is
         stored after its one more try. Manifest entries are yielded in the chunks' order."""
         stored: dict[int, dict[str, Any]] = {}
-        held: dict[int, Attempt] = {}  # failed QA: waits for its second try
         done = 0
-        for i, first in self._as_rows_end(chunks, self.seed_attempt):
-            if first[1]["problems"]:
-                held[i] = first
-            else:
-                stored[i] = self._store_attempts(chunks[i], [first])
+        for i, attempts in self._as_rows_end(chunks, self.seed_attempt):
+            stored[i] = self._store_attempts(chunks[i], attempts)
             while done in stored:
                 yield stored[done]
                 done += 1
-        retried = self._attempt([chunks[i] for i in held], self.seed_attempt + 1) if held else []
-        for (i, first), second in zip(held.items(), retried, strict=True):
-            stored[i] = self._store_attempts(chunks[i], [first, second])
         yield from (stored[i] for i in range(done, len(chunks)))
 
-    def _as_rows_end(self, chunks: list[Chunk], attempt: int) -> Iterator[tuple[int, Attempt]]:
-        """(chunk position, its generation checked by QA) as each row of one batch ends. The batch runs on another
-        thread; leaving early (a cancel) waits for it to end, so the model never runs two batches at once."""
-        ended: queue.Queue[tuple[int, Generated] | None] = queue.Queue()
+    def _as_rows_end(self, chunks: list[Chunk], attempt: int) -> Iterator[tuple[int, list[Attempt]]]:
+        """(chunk position, its checked attempts) as each chunk's last row ends. The batch runs on another thread; a
+        chunk that fails QA is tried once more: at once, joining the running batch, on a model that takes concurrent
+        requests (a worker's shared model), else after the batch. Leaving early (a cancel) waits for the threads, so
+        the model never runs two batches at once."""
+        ended: queue.Queue[tuple[int, Generated | None, int]] = queue.Queue()  # (chunk, result, attempt); None: end
         failure: list[BaseException] = []
+        threads: list[threading.Thread] = []
 
-        def run() -> None:
+        def generate(positions: list[int], number: int) -> None:
             try:
-                self._generate(chunks, attempt, lambda i, result: ended.put((i, result)))
+                self._generate([chunks[i] for i in positions], number,
+                               lambda i, result: ended.put((positions[i], result, number)))
             except BaseException as e:  # handed to the job's thread
                 failure.append(e)
             finally:
-                ended.put(None)
+                ended.put((-1, None, number))
 
-        thread = threading.Thread(target=run, name=f"echoforge-batch-{self.job_id[:8]}", daemon=True)
-        thread.start()
-        seen: set[int] = set()
+        def start(positions: list[int], number: int) -> None:
+            threads.append(threading.Thread(target=generate, args=(positions, number), daemon=True,
+                                            name=f"echoforge-batch-{self.job_id[:8]}"))
+            threads[-1].start()
+
+        start(list(range(len(chunks))), attempt)
         try:
-            while (item := ended.get()) is not None:
-                if item[0] not in seen:  # a shared batch that failed is run again: its rows may come twice
-                    seen.add(item[0])
-                    yield item[0], self._checked(chunks[item[0]], item[1])
+            yield from self._collect(chunks, attempt, ended, start)
         finally:
-            thread.join()
+            for thread in threads:
+                thread.join()
         if failure:
             raise failure[0]
+
+    def _collect(self, chunks: list[Chunk], attempt: int, ended: queue.Queue[tuple[int, Generated | None, int]],
+                 start: Callable[[list[int], int], None]) -> Iterator[tuple[int, list[Attempt]]]:
+        firsts: dict[int, Attempt] = {}
+        finished: set[int] = set()
+        held: list[int] = []  # failed QA, to be tried again after the batch
+        running = 1  # generation threads that have not ended
+        while running:
+            i, result, number = ended.get()
+            if result is None:
+                running -= 1
+                if not running and held:
+                    start(held, attempt + 1)
+                    running, held = 1, []
+            elif number == attempt and i not in firsts:  # a shared batch that failed is run again: rows may come twice
+                firsts[i] = self._checked(chunks[i], result)
+                if not firsts[i][1]["problems"]:
+                    yield i, [firsts[i]]
+                elif self.model.takes_concurrent_requests:
+                    start([i], attempt + 1)
+                    running += 1
+                else:
+                    held.append(i)
+            elif number == attempt + 1 and i in firsts and i not in finished:
+                finished.add(i)
+                yield i, [firsts[i], self._checked(chunks[i], result)]
 
     def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
         """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
@@ -162,7 +186,7 @@ class ChunkSynthesizer:
         results = self.model.generate_batch(
             [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
             top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done)
+            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id)
         log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
                  len(chunks), attempt + 1, time.perf_counter() - started,
                  sum(len(r.audio) / r.sample_rate for r in results))
