@@ -177,7 +177,9 @@ def _open_studio(browser: Browser, url: str, token: str) -> tuple[Page, list[str
     page.on("request", lambda r: console.append(f"the key in a URL: {r.url}") if token in r.url else None)
     page.goto(f"{url}/")
     expect(page).to_have_title("EchoForge Studio")
-    formats = [text.lower() for text in page.locator("#format option").all_inner_texts()]
+    options = page.locator("#format option")
+    expect(options).to_have_count(len(FORMATS))  # filled from the OpenAPI schema once the page has fetched it
+    formats = [text.lower() for text in options.all_inner_texts()]
     assert formats == list(FORMATS), "read from the OpenAPI schema"
     page.get_by_role("textbox", name="API key").fill(token)
     page.get_by_role("textbox", name="API key").press("Enter")
