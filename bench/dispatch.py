@@ -80,11 +80,11 @@ class Syncs(TorchFunctionMode):
 def count_run(layer: CSMModel, frames: int) -> tuple[Counts, Syncs]:
     """Counts of one generation of exactly `frames` frames, inside the engine's generation loop only."""
     engine = layer.engine
-    assert engine is not None and hasattr(engine, "_frame") and hasattr(engine, "_generate_rows"), \
-        "the engine's _frame/_generate_rows are gone: update the bench's hooks"
+    assert engine is not None and hasattr(engine, "_frame") and hasattr(engine, "_run"), \
+        "the engine's _frame/_run are gone: update the bench's hooks"
     counts = Counts()
     syncs = Syncs(counts)
-    frame, loop = engine._frame, engine._generate_rows
+    frame, loop = engine._frame, engine._run
 
     def in_depth(*args: Any) -> Any:
         counts.phase = "depth"
@@ -97,11 +97,11 @@ def count_run(layer: CSMModel, frames: int) -> tuple[Counts, Syncs]:
         with counts, syncs:
             return loop(*args, **kwargs)
 
-    engine._frame, engine._generate_rows = in_depth, counted  # type: ignore[method-assign,assignment]
+    engine._frame, engine._run = in_depth, counted  # type: ignore[method-assign,assignment]
     try:
         results = layer.generate_batch([TEXT], speaker_id=0, seeds=[1], max_audio_length_ms=frames * FRAME_S * 1000)
     finally:
-        del engine._frame, engine._generate_rows
+        del engine._frame, engine._run
     assert results[0].stats.frames == frames, "random weights emitted an end frame; rerun"
     return counts, syncs
 
