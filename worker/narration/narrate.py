@@ -21,6 +21,7 @@ from producer.voice import voice_prompt_key
 from worker.models import SpeechModel
 from worker.narration.audio import decode_wav
 from worker.narration.delivery import deliver
+from worker.narration.frame_publish import FramePublisher
 from worker.narration.manifest import Manifest
 from worker.narration.stitch import stitch
 from worker.narration.synthesis import Attempt, ChunkSynthesizer
@@ -52,16 +53,18 @@ class NarrationOutcome:
 
 def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: Storage,
             max_chunk_chars: int, model_info: dict[str, Any], on_progress: ProgressHook,
-            first_chunk_chars: int = 0) -> NarrationOutcome:
+            first_chunk_chars: int = 0, frames: FramePublisher | None = None) -> NarrationOutcome:
     """The job's work: its result when done, or the hook's "cancel" / "stop" that ended it early.
 
     Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
-    `first_chunk_chars` (0: off) keeps the first chunk short, so the first audio comes soon.
+    `first_chunk_chars` (0: off) keeps the first chunk short, so the first audio comes soon; `frames` publishes the
+    first chunk frame by frame as it is generated (a frame-streaming job's; the caller closes it).
     """
     settings = _settings(request, max_chunk_chars, first_chunk_chars)
     with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
         spool = Path(tmp)
         synthesizer = ChunkSynthesizer(model, request, job_id, spool)
+        synthesizer.frames = frames
         stored = Manifest.stored(storage, job_id)
         plan, early = _plan_while_first_chunk_generates(synthesizer, stored is None, max_chunk_chars,
                                                         first_chunk_chars)
