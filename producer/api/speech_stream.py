@@ -137,7 +137,7 @@ async def _stored_chunks(state: Any, job_id: str, out: _Encoding, sent: int, raw
             audio, rate = await run_in_threadpool(stored_chunk, state.storage, job_id, sent)
             if out.opened:
                 paragraph_end = await run_in_threadpool(_ends_paragraph, state.storage, job_id, sent - 1)
-                out.write(pause_after(paragraph_end, rate), rate)
+                yield out.write(pause_after(paragraph_end, rate), rate)
             level = audio if raw else finish_chunk(audio, rate)
             for start in range(0, len(level), STREAM_SLICE_S * rate):
                 yield out.write(level[start: start + STREAM_SLICE_S * rate], rate)
