@@ -99,7 +99,8 @@ def test_the_first_chunk_streams_frame_by_frame_before_it_is_stored(
     assert job["state"] == "succeeded" and job["request"]["stream_frames"] is True  # type: ignore[index]
     heard, (streamed, entries) = _pcm(first + rest), _published(settings, job_id)
     assert b"end" in entries[-1] and int(entries[-1][b"samples"]) == len(streamed) > 0
-    text = str(_stored(settings, job, 0)[1]["text"])
+    first_entry = _stored(settings, job, 0)[1]
+    text = str(first_entry["text"])
     assert len(streamed) == frame_budget(text) * SAMPLES_PER_FRAME  # its own row's frames (capped), no other's
     # What the listener heard of chunk 0 is what the worker published, at its raw level.
     np.testing.assert_allclose(heard[:len(streamed)], _as_sent(streamed), atol=1e-4)
@@ -107,10 +108,10 @@ def test_the_first_chunk_streams_frame_by_frame_before_it_is_stored(
     # once more and the retry is stored; the listener keeps what it heard).
     attempt_one = _first_attempt(tiny_checkpoint, job_id, text)
     np.testing.assert_allclose(streamed[:len(attempt_one)], attempt_one, atol=1e-4)
-    assert _stored(settings, job, 0)[1]["attempts"] == 2
+    assert first_entry["attempts"] == 2
     # Then chunk 1 from storage, raw, after the usual pause.
-    second, entry = _stored(settings, job, 1)
-    pause = len(pause_after(bool(_stored(settings, job, 0)[1]["paragraph_end"]), 24_000))
+    second, _ = _stored(settings, job, 1)
+    pause = len(pause_after(bool(first_entry["paragraph_end"]), 24_000))
     np.testing.assert_allclose(heard[len(streamed) + pause:], _as_sent(second), atol=1e-4)
     assert len(heard) == len(streamed) + pause + len(second) and job["result"]["chunks"] == 2  # type: ignore[index]
     ttl = redis.Redis.from_url(settings.redis_url).ttl(keys.frame_stream_key(job_id))

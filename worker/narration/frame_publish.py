@@ -4,7 +4,8 @@ at a time through the model's streaming Mimi and appends each piece to the job's
 
 Entries (producer/keys.py: frame_stream_key): {run, chunk, attempt, seq, rate, pcm: float32 mono samples}, and last
 {run, chunk, attempt, seq, end: 1, samples}. `run` is the job's start count, so a reader tells a resumed run's pieces
-from the dead one's. Only the first generation of chunk 0 is published (a QA retry is not), at most one job at a time
+from the dead one's. Only the first generation of chunk 0 is published (a QA retry is not; a first chunk guessed
+from the text's opening is held until the plan keeps it, and dropped if not), at most one job at a time
 per streaming codec (a job that finds it busy publishes nothing), and a failure to publish only stops publishing:
 the API then sends the stored chunk from where the pieces stopped. The end marker is always in the stream before the
 chunk is stored (close() waits for it), which is what the API's fallback relies on.
@@ -37,6 +38,10 @@ def _codec_lock(codec: Any) -> threading.Lock:
         return _CODEC_LOCKS.setdefault(id(codec), threading.Lock())
 
 
+class _Discarded(Exception):
+    """The generation was of a guessed first chunk that the plan did not keep: nothing of it is published."""
+
+
 class FramePublisher:
     """Publishes one job's chunk 0 frame by frame; `sink` is the engine's FrameSink for that text."""
 
@@ -51,6 +56,9 @@ class FramePublisher:
         self._stopped = False  # publishing failed, or the codec was busy: frames are dropped
         self._seq = 0
         self._ended = False  # the decoding thread has taken the end from the queue
+        self._settled = threading.Event()  # pieces may be published (cleared by hold until settle)
+        self._settled.set()
+        self._keep = True
 
     @classmethod
     def for_job(cls, redis: Any, job_id: str, run: int, model: SpeechModel, stream_frames: bool
@@ -63,6 +71,15 @@ class FramePublisher:
         """True once: the caller's generation of chunk 0 is the one to publish."""
         claimed, self.claimed = self.claimed, True
         return not claimed
+
+    def hold(self) -> None:
+        """Publish nothing until settle(): the chunk being generated is a guess the plan may not keep."""
+        self._settled.clear()
+
+    def settle(self, keep: bool) -> None:
+        """The plan is known: publish the held generation's pieces, or none of them."""
+        self._keep = keep
+        self._settled.set()
 
     def sink(self, _text: int, codes: Any) -> None:
         """The engine's FrameSink: the frame is copied to the CPU (the engine reuses its buffers) and queued."""
@@ -92,6 +109,9 @@ class FramePublisher:
             return
         try:
             self._decode_and_publish()
+        except _Discarded:
+            self._stopped = True
+            self._drain()
         except Exception as e:
             log.warning("job %s: frame streaming stopped (%s: %s); the stored chunk is streamed instead",
                         self.job_id, type(e).__name__, str(e)[:200])
@@ -121,6 +141,9 @@ class FramePublisher:
         return len(audio)
 
     def _add(self, fields: dict[str, Any]) -> None:
+        self._settled.wait()
+        if not self._keep:
+            raise _Discarded
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.key, {"run": self.run, "chunk": 0, "attempt": 1, "seq": self._seq, **fields},
                   maxlen=keys.FRAME_STREAM_MAXLEN, approximate=True)

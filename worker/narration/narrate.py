@@ -106,6 +106,11 @@ def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, fresh: bool
     guess = None
     if not request.voice_prompt_sha256 and fresh:
         guess = first_chunk_guess(request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
+    if guess is not None and synthesizer.frames is not None:  # its frames go out only once the plan keeps it
+        frames = synthesizer.frames
+        frames.hold()
+        planning.add_done_callback(lambda done: frames.settle(done.exception() is None and
+                                                              done.result()[:1] == [guess]))
     early = synthesizer.generate([guess])[0] if guess is not None else None
     plan = planning.result()
     if early is not None and plan[:1] != [guess]:
