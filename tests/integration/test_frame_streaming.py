@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -62,7 +63,8 @@ def _pcm(data: bytes) -> np.ndarray:
 
 def _published(settings: Settings, job_id: str) -> tuple[np.ndarray, list[dict[bytes, bytes]]]:
     """Chunk 0's pieces as the worker published them, and every entry of the job's frame stream."""
-    entries = [fields for _, fields in redis.Redis.from_url(settings.redis_url).xrange(keys.frame_stream_key(job_id))]
+    stream: Any = redis.Redis.from_url(settings.redis_url).xrange(keys.frame_stream_key(job_id))
+    entries = [fields for _, fields in stream]
     pieces = [np.frombuffer(e[b"pcm"], dtype="<f4") for e in entries if b"pcm" in e]
     return (np.concatenate(pieces) if pieces else np.zeros(0, np.float32)), entries
 

@@ -27,7 +27,7 @@ def _codes(frames: int, seed: int = 0) -> torch.Tensor:
 
 
 def _entries(client: redis.Redis, job_id: str) -> list[dict[bytes, bytes]]:
-    return [fields for _, fields in client.xrange(keys.frame_stream_key(job_id))]
+    return [fields for _, fields in client.xrange(keys.frame_stream_key(job_id))]  # type: ignore[union-attr]
 
 
 def _publish(publisher: FramePublisher, codes: torch.Tensor) -> None:
