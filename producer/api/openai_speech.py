@@ -100,12 +100,13 @@ def _voice_fields(voice: Any, tenant: str, voices: VoiceStore) -> dict[str, Any]
     return {"voice_prompt_sha256": stored.sha256, "voice_text": stored.transcript}
 
 
-def speech_request(body: dict[str, Any], tenant: str, voices: VoiceStore) -> NarrationRequest:
-    """The narration job an OpenAI speech request asks for (validated here, once)."""
+def speech_request(body: dict[str, Any], tenant: str, voices: VoiceStore, frames: bool = True) -> NarrationRequest:
+    """The narration job an OpenAI speech request asks for (validated here, once); `frames`: frame streaming, for a
+    format that streams (ECHOFORGE_OPENAI_FRAME_STREAMING)."""
     _check_options(body)
     fmt = body.get("response_format", "mp3")
     fields = {"text": body["input"], "output_format": fmt, "priority": OPENAI_PRIORITY, "stream_chunks": True,
-              "stream_frames": audio_format(fmt).streamable,
+              "stream_frames": frames and audio_format(fmt).streamable,
               **_voice_fields(body.get("voice"), tenant, voices)}
     return NarrationRequest.parse(fields)
 
@@ -123,8 +124,9 @@ async def create_speech(request: Request, key: Writer) -> Response:
     generated, each later chunk's as soon as it is stored."""
     body = await json_object(request, MAX_PAYLOAD_BYTES)
     state = request.app.state
-    parsed = await run_in_threadpool(speech_request, body, key.tenant, VoiceStore(state.client.jobs.redis,
-                                                                                  state.storage))
+    parsed = await run_in_threadpool(speech_request, body, key.tenant,
+                                     VoiceStore(state.client.jobs.redis, state.storage),
+                                     state.settings.openai_frame_streaming)
     job: Job = await run_in_threadpool(submit_within_quotas, request, parsed, key.tenant)
     keep = bool(body.get("keep"))
     spec = audio_format(parsed.output_format)

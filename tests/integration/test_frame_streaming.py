@@ -159,3 +159,19 @@ def test_jobs_sharing_a_threads_worker_each_stream_their_own_first_chunk(
             first = streamed if len(streamed) else stored
             assert len(streamed) in (0, frame_budget(str(entry["text"])) * SAMPLES_PER_FRAME)
             np.testing.assert_allclose(heard[:len(first)], _as_sent(first), atol=1e-4)
+
+
+def test_a_model_that_cannot_stream_frames_sends_the_stored_chunk_and_the_setting_turns_it_off(
+        settings: Settings, start_api: Callable[..., str], start_worker: Callable[..., services.Worker]) -> None:
+    start_worker(settings, extra_env={"ECHOFORGE_USE_PLACEHOLDER": "true", "ECHOFORGE_MAX_CHUNK_CHARS": "60"})
+    for api_url, frames in ((start_api(settings), True),
+                            (start_api(settings, extra_env={"ECHOFORGE_OPENAI_FRAME_STREAMING": "false"}), False)):
+        with _openai(api_url, settings) as client:
+            raw = client.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input=OTHER,
+                                                               response_format="pcm")
+            job = _job(api_url, client, raw.headers["x-echoforge-job"])
+        assert job["state"] == "succeeded" and job["request"]["stream_frames"] is frames  # type: ignore[index]
+        assert not len(_published(settings, str(job["id"]))[0])
+        if frames:  # the placeholder publishes nothing: chunk 0 comes from storage, raw as the rule says
+            stored, _ = _stored(settings, job, 0)
+            np.testing.assert_allclose(_pcm(raw.content), _as_sent(stored), atol=1e-4)
