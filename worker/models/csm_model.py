@@ -209,7 +209,7 @@ class CSMModel(SpeechModel):
             text = running.pop(row)
             on_done(text, _generated(text, self.decode(codes), len(codes)))
 
-        def frame(row: Any, codes: Any) -> None:
+        def frame(row: Any, codes: Any) -> None:  # the engine calls it only for rows that stream (a sink)
             sink = running[row].on_frame
             if sink is not None:
                 sink(codes)
@@ -249,8 +249,8 @@ class CSMModel(SpeechModel):
             prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
             cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
             sink = None if request.on_frame is None else functools.partial(request.on_frame, i)
-            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed)),
-                               context_frames, sink))
+            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
+                                   streams=sink is not None), context_frames, sink))
         return texts
 
     def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:

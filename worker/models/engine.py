@@ -127,7 +127,8 @@ class CsmEngine:
         Each row stops at its end frame (excluded) or after caps[i] frames; `on_row(i, codes)` is called as row i
         stops, while the others go on; `on_frame(i, codes)` with each frame row i keeps.
         """
-        rows = [Row(*fields) for fields in zip(prefixes, prompts, caps, sampling, strict=True)]
+        rows = [Row(*fields, streams=on_frame is not None)
+                for fields in zip(prefixes, prompts, caps, sampling, strict=True)]
         index = {row: i for i, row in enumerate(rows)}
         out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
 
@@ -144,7 +145,8 @@ class CsmEngine:
     def run(self, rows: list[Row], on_row: OnRow, refill: Refill | None = None, size: int | None = None,
             on_frame: OnFrame | None = None) -> None:
         """Decode `rows` and then whatever `refill(free slots)` hands over, at most `size` rows at once (default:
-        len(rows)), until no row is left and refill has none; `on_row` hears of each row as it ends."""
+        len(rows)), until no row is left and refill has none; `on_row` hears of each row as it ends, `on_frame` of
+        each frame of the rows that stream (Row.streams)."""
         with on_device(self.device):
             self._run(rows, on_row, refill, size or max(1, len(rows)), on_frame)
 
@@ -177,7 +179,8 @@ class CsmEngine:
         slots.store(codes, kept)
         if on_frame is not None:
             for i in kept:
-                on_frame(slots.rows[i], codes[i])  # type: ignore[arg-type]
+                if slots.rows[i].streams:  # type: ignore[union-attr]
+                    on_frame(slots.rows[i], codes[i])  # type: ignore[arg-type]
         going = []
         for i in slots.live():
             row = slots.rows[i]
