@@ -144,7 +144,7 @@ def test_cuda_graphs_replay_the_eager_codes(tmp_path_factory: pytest.TempPathFac
     assert model.engine is not None and model.engine.use_cuda_graphs
     seeded = [Sampling(0.9, 20, seed) for seed in (7, 8, 9)]
     graphed = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
-    assert model.engine._graphs and all(g is not None for g in model.engine._graphs.values()), "capture failed"
+    assert model.engine._graphs and all(g is not None for g in model.engine._graphs.entries.values()), "capture failed"
     model.engine.use_cuda_graphs = False
     eager = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
     assert all(torch.equal(a, b) for a, b in zip(graphed, eager, strict=True))

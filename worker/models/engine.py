@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from worker.models.depth_graph import DepthGraph
+from worker.models.depth_graph import DepthGraph, GraphCache, batch_bucket, k_bucket
 from worker.models.slots import Row, Sampling, Slots
 from worker.models.stack import Stack, fp32_rotary
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25  # drop finished rows once this share of the batch has finished (and none waits)
 MAX_PREFIXES = 16  # prefixes' K/V kept within one run, for the rows refilled after them
-MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch size x top-k); batches across jobs vary in size
+MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch-size bucket x top-k bucket), least recently used out
 CHECK_EVERY = 8  # frames between reads of the rows' end state, the loop's one host sync: an end is seen <= 7 late
 
 OnRow = Callable[[Row, torch.Tensor], None]  # (row, its codes [frames, codebooks]) as the row ends
@@ -90,7 +90,7 @@ class CsmEngine:
         self.ranks = torch.zeros(0, 1, device=self.device)  # [B, kmax]: 0 for a row's top-k candidates, else -inf
         self._pinned: torch.Tensor | None = None
         self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._graphs: dict[tuple[int, int], Any] = {}
+        self._graphs = GraphCache(MAX_GRAPHS)
         self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
 
     # ---- prompts -------------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ class CsmEngine:
     def _rank(self, slots: Slots) -> None:
         """Each slot's top-k (1: greedy or free), their largest, and the mask of each row's candidates."""
         self.top_k = [1 if r is None or r.sampling.greedy else min(r.sampling.top_k, self.vocab) for r in slots.rows]
-        self.kmax = max(self.top_k)
+        self.kmax = k_bucket(max(self.top_k), self.vocab)  # few widths: few graphs
         candidates = torch.arange(self.kmax, device=self.device) < torch.tensor(self.top_k, device=self.device)[:, None]
         self.ranks = torch.zeros(candidates.shape, device=self.device).masked_fill_(~candidates, float("-inf"))
 
@@ -368,18 +368,18 @@ class CsmEngine:
         return torch.stack(codes, dim=1)
 
     def _graph(self, batch: int) -> Any:
-        key = (batch, self.kmax)
-        if key not in self._graphs and len(self._graphs) >= MAX_GRAPHS:  # each holds its own memory pool
-            del self._graphs[next(iter(self._graphs))]
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = DepthGraph(self, batch)
-            except Exception as e:  # capture is an optimization: never a reason to fail a job
-                failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
-                log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
-                self.graph_failures = [*self.graph_failures[-7:], failure]
-                self._graphs[key] = None
-        return self._graphs[key]
+        """The captured graph for `batch` rows (its batch-size bucket and the top-k width), None if capture failed."""
+        size = batch_bucket(batch)
+        return self._graphs.get((size, self.kmax), lambda: self._capture(size))
+
+    def _capture(self, batch: int) -> Any:
+        try:
+            return DepthGraph(self, batch)
+        except Exception as e:  # capture is an optimization: never a reason to fail a job
+            failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
+            log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
+            self.graph_failures = [*self.graph_failures[-7:], failure]
+            return None
 
     # ---- audio ---------------------------------------------------------------------------------------------------
 
