@@ -10,13 +10,17 @@ It runs the modules of a transformers `CsmForConditionalGeneration` layer by lay
   that frame is not audio) or at its own frame cap, is handed on at once (`on_row`), and its batch slot is taken by
   the next row the caller's `refill` hands over, prefilled after its own prefix while the others go on; without
   rows to refill, finished rows are dropped from the batch (CPU) so they cost nothing;
-- one backbone step and 31 depth-decoder steps per 80 ms frame, sampling with temperature / top-k by the exponential
-  race (argmax of p / E, E ~ Exp(1)): each row draws its noise from its own `torch.Generator`, so a row's sample
-  depends on its seed and its logits only, never on which rows share its batch. Top-k 1 is greedy (noise of ones);
-  ids the codec cannot decode are never sampled;
-- on CUDA the 31 depth-decoder steps and the sampling of one frame are replayed as one CUDA graph (captured per batch
-  size, worker/models/depth_graph.py; eager again if capture fails); the batch then keeps its size (free slots are
-  decoded and ignored) so one graph serves the whole run.
+- one backbone step and 31 depth-decoder steps per 80 ms frame, with few operators each (worker/models/stack.py:
+  fused weights, one rotary and one cache write per layer), sampling with temperature / top-k by the Gumbel race
+  over each row's top k candidates (argmax of log p - log E, E ~ Exp(1)): each row draws its k noises per codebook
+  from its own `torch.Generator`, so a row's sample depends on its seed and its logits only, never on which rows
+  share its batch. Top-k 1 is greedy; ids the codec cannot decode are never sampled;
+- no host sync in the steady state: cache positions, frames kept and end flags stay on the device (slots.py); the
+  host reads the end state every `check_every` frames (or at a row's cap), so a row's end is seen up to
+  check_every - 1 frames late, and the frames it made after its end frame are never kept;
+- on CUDA the 31 depth-decoder steps and the sampling of one frame are replayed as one CUDA graph (captured per
+  batch-size and top-k bucket, least recently used evicted, worker/models/depth_graph.py; eager again if capture
+  fails); the batch then keeps its size (free slots are decoded and ignored) so one graph serves the whole run.
 """
 
 from __future__ import annotations
