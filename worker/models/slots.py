@@ -131,5 +131,5 @@ class Slots:
         assert row is not None
         codes = self.out[slot, :kept].clone()
         self.rows[slot], self.generators[slot] = None, None
-        self.state[1, slot] = 1
+        self.state[0, slot], self.state[1, slot] = 0, 1  # a free slot's frames go to its row 0, never past the end
         return row, codes
