@@ -176,3 +176,19 @@ def test_a_job_that_just_arrived_gets_the_next_free_slot_ahead_of_a_long_jobs_ba
     [next_text] = feeds.take(1, start)
     assert next_text.request is short.requests[0], "the job with no text running goes first"
     assert [h.request.texts[h.index] for h in feeds.take(3, start)] == ["Chunk 4.", "Chunk 5.", "Chunk 0 again."]
+
+
+def test_a_slot_freed_at_its_cap_is_decoded_on_harmlessly_when_the_batch_keeps_its_size(
+        model: CSMModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under CUDA graphs (the batch keeps its size): the slot of a row that stopped at its cap is still decoded
+    while a row refilled later runs on, and must not write past the codes kept for any row."""
+    assert model.engine is not None
+    monkeypatch.setattr(model.engine, "use_cuda_graphs", True)  # capture fails on the CPU: eager, batch size kept
+    monkeypatch.setattr(model.engine, "graph_failures", [])
+    first = [_row(model, "The lighthouse keeper counted.", 6, GREEDY), _row(model, "Hi.", 2, GREEDY)]
+    late = _row(model, "Boats knocked together.", 6, GREEDY)
+    codes, events = _run(model, first, [late], size=2)
+    assert ("end", first[0], 1) in events, "the late row ran on after the first row's cap"
+    monkeypatch.setattr(model.engine, "use_cuda_graphs", False)
+    for row in [*first, late]:
+        assert torch.equal(codes[row], _alone(model, row))
