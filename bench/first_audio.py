@@ -16,6 +16,14 @@ stores and the endpoint sends today) against frame streaming (stream_speech, `--
 each piece encoded as it comes). Target: frame streaming's first bytes in 1/10 of chunk streaming's or less.
 
     ./dev bench first_audio --frames [--repeats 3] [--frames-per-chunk 2] [--backbone-layers 4 --depth-layers 1]
+
+`--endpoint` measures it end to end: OpenAI's speech endpoint through the real stack (two APIs, one prefork worker
+on the tiny random CSM checkpoint of the tests, on the CPU), one 300-character chunk (`ECHOFORGE_FIRST_CHUNK_CHARS=0`)
+in mp3, seconds from the request to the first audio bytes, in the same run: one API frame-streams (the default),
+the other has `ECHOFORGE_OPENAI_FRAME_STREAMING=false` (each chunk sent once stored). The client leaves after the
+first bytes (its job is canceled) and the next request waits for that job to end.
+
+    ./dev bench first_audio --endpoint [--repeats 3]
 """
 
 from __future__ import annotations
@@ -141,12 +149,60 @@ def frame_vs_chunk(args: argparse.Namespace) -> dict[str, Any]:
             "frame_over_chunk": round(ratio, 4), "target_ok": ratio <= 0.1}
 
 
+def first_bytes_from(http: httpx.Client, key: str, text: str) -> float:
+    """Seconds from the request to the endpoint's first audio bytes; the job ends (canceled) before this returns."""
+    auth = {"Authorization": f"Bearer {key}"}
+    started = time.perf_counter()
+    with http.stream("POST", "/v1/audio/speech", headers=auth, timeout=900,
+                     json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "mp3"}) as response:
+        response.raise_for_status()
+        first = next(piece for piece in response.iter_bytes() if piece)
+        elapsed = time.perf_counter() - started
+        job_id = response.headers["x-echoforge-job"]
+    assert first
+    while http.get(f"/v1/narrations/{job_id}", headers=auth, timeout=30).json()["state"] in ("queued", "running"):
+        time.sleep(0.1)
+    return elapsed
+
+
+def endpoint_frames_vs_chunks(args: argparse.Namespace) -> dict[str, Any]:
+    """First audio bytes from POST /v1/audio/speech: frame streaming vs chunk streaming, one worker, same run."""
+    from tests.csm_checkpoint import build_tiny_checkpoint
+
+    text = chapter(1)[:NORMAL_CHUNK_CHARS]
+    with services.bench_services("echoforge-first-audio-") as (tmp, redis_url, s3_url):
+        settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url)
+        env = {"ECHOFORGE_MODEL_PATH": str(build_tiny_checkpoint(tmp / "tiny-csm")), "ECHOFORGE_DEVICE": "cpu",
+               "ECHOFORGE_MAX_CHUNK_CHARS": str(NORMAL_CHUNK_CHARS), "ECHOFORGE_FIRST_CHUNK_CHARS": "0"}
+        worker = services.start_worker(settings, tmp, extra_env=env)
+        quota = {"ECHOFORGE_TENANT_MAX_CHARS_PER_DAY": "0"}
+        apis = {"frame": services.start_api(settings, tmp, quota),
+                "chunk": services.start_api(settings, tmp, {**quota, "ECHOFORGE_OPENAI_FRAME_STREAMING": "false"})}
+        runs: dict[str, list[float]] = {"frame": [], "chunk": []}
+        try:
+            key = ApiKeyStore(connect_redis(settings)).create("bench")[1]
+            clients = {name: httpx.Client(base_url=url) for name, (_, url) in apis.items()}
+            first_bytes_from(clients["frame"], key, "Warm up.")
+            for _ in range(args.repeats):
+                for name, http in clients.items():
+                    runs[name].append(first_bytes_from(http, key, text))
+        finally:
+            for proc, _ in apis.values():
+                processes.stop(proc, 10)
+            worker.stop()
+    ratio = statistics.median(runs["frame"]) / statistics.median(runs["chunk"])
+    return {"model": "tiny random CSM (tests/csm_checkpoint.py), cpu", "chars": len(text), "repeats": args.repeats,
+            "chunk_first_bytes_s": summary(runs["chunk"]), "frame_first_bytes_s": summary(runs["frame"]),
+            "frame_over_chunk": round(ratio, 4), "target_ok": ratio <= 0.1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rtf", type=float, default=0.1, help="placeholder wall seconds per second of audio")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--frames", action="store_true", help="frame streaming vs chunk streaming, on the model")
+    parser.add_argument("--endpoint", action="store_true", help="frame vs chunk streaming, OpenAI's endpoint")
     parser.add_argument("--frames-per-chunk", type=int, default=2)
     parser.add_argument("--backbone-layers", type=int, default=4)
     parser.add_argument("--depth-layers", type=int, default=1)
@@ -158,6 +214,13 @@ def main() -> None:
               f"{result['model']}, {result['dtype']}: chunk streaming {result['chunk_first_bytes_s']}, frame "
               f"streaming ({args.frames_per_chunk} frames a piece) {result['frame_first_bytes_s']}; frame/chunk "
               f"{result['frame_over_chunk']} (target <= 0.1: {result['target_ok']})")
+        print(json.dumps(result))
+        return
+    if args.endpoint:
+        result = endpoint_frames_vs_chunks(args)
+        print(f"first mp3 bytes from /v1/audio/speech, a {result['chars']}-character chunk, {result['model']}: chunk "
+              f"streaming {result['chunk_first_bytes_s']}, frame streaming {result['frame_first_bytes_s']}; "
+              f"frame/chunk {result['frame_over_chunk']} (target <= 0.1: {result['target_ok']})")
         print(json.dumps(result))
         return
     with services.bench_services("echoforge-first-audio-") as (tmp, redis_url, s3_url):

@@ -39,6 +39,11 @@ UNSENT_JOBS_KEY = "echoforge:unsent"
 DEAD_LETTER_KEY = "echoforge:dead-letter"
 # Pub/sub channel announcing every change of one job: echoforge:events:<job_id>.
 JOB_EVENTS_PREFIX = "echoforge:events:"
+# A frame-streaming job's first chunk as it is decoded (a stream of float32 PCM pieces, then an end marker):
+# echoforge:frames:<job_id>; capped in length, and it expires FRAME_STREAM_TTL_S after its last piece.
+FRAME_STREAM_PREFIX = "echoforge:frames:"
+FRAME_STREAM_MAXLEN = 2000  # pieces (160 ms each by default): longer than a chunk's frame cap allows
+FRAME_STREAM_TTL_S = 600
 # One API key (hash: tenant, scopes, the SHA-256 of its secret, created/revoked times): echoforge:apikey:<key id>;
 # and the sorted set of every key id by creation time.
 API_KEY_PREFIX = "echoforge:apikey:"
@@ -160,6 +165,10 @@ def api_key_key(key_id: str) -> str:
 
 def job_events_channel(job_id: str) -> str:
     return JOB_EVENTS_PREFIX + job_id
+
+
+def frame_stream_key(job_id: str) -> str:
+    return FRAME_STREAM_PREFIX + job_id
 
 
 def priority_queue_lists(queue: str = NARRATION_QUEUE) -> list[str]:

@@ -88,6 +88,8 @@ class NarrationRequest(BaseModel):
                                                   description="a reference recording stored by the client")
     stream_chunks: StrictBool = Field(default=False, description="store every chunk as soon as it is made, even a "
                                       "job's only one, so the API can stream it (set by /v1/audio/speech)")
+    stream_frames: StrictBool = Field(default=False, description="also stream the first chunk a few frames at a "
+                                      "time while it is generated (needs stream_chunks; set by /v1/audio/speech)")
     voice_text: StrictStr | None = Field(default=None, max_length=MAX_VOICE_TEXT_CHARS,
                                          description="what the reference recording says")
     webhook_url: StrictStr | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS,
@@ -139,6 +141,8 @@ class NarrationRequest(BaseModel):
         recording = self.voice_prompt_sha256 is not None or bool((info.context or {}).get(VOICE_UPLOAD_PENDING))
         if recording != bool(self.voice_text):
             raise ValueError("a voice prompt needs both the recording and its transcript (voice_text)")
+        if self.stream_frames and not self.stream_chunks:
+            raise ValueError("stream_frames needs stream_chunks: the chunks after the first are streamed from storage")
         return self
 
     @field_validator("temperature")

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # come back after `overloaded_retry_after_s`.
     max_queue_depth: int = Field(default=10_000, ge=0)
     overloaded_retry_after_s: float = Field(default=10.0, ge=1.0, le=3600.0)
+    # OpenAI's speech endpoint asks its jobs to stream their first chunk frame by frame (docs/api.md); off: each
+    # chunk is sent once stored, mastered.
+    openai_frame_streaming: bool = True
     # The largest POST /v1/voices body (the recording and its form fields) taken; a larger one is refused (413).
     max_voice_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     # Books (producer/books/): the most characters a book may hold (titles and texts; each chapter is a job, so

@@ -96,6 +96,9 @@ class BatchingModel(SpeechModel):
     def cleanup(self) -> None:
         self.inner.cleanup()
 
+    def streaming_codec(self) -> Any:
+        return self.inner.streaming_codec()
+
     def _serve(self) -> None:
         try:
             while self.continuous:

@@ -12,7 +12,8 @@ from producer.states import JobState
 from worker.lock import JobLock
 from worker.metrics import WorkerMetrics
 from worker.models import CSMModelLoadError
-from worker.narration.narrate import Verdict, narrate
+from worker.narration.frame_publish import FramePublisher
+from worker.narration.narrate import NarrationOutcome, ProgressHook, Verdict, narrate
 from worker.narration.rerender import rerender
 from worker.runtime import Runtime
 
@@ -63,9 +64,7 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics, l
     else:
         request = job.narration_request()
         log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
-        with rt.model.serving_job():
-            outcome = narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
-                              report, first_chunk_chars=rt.settings.first_chunk_chars)
+        outcome = _narrate(job_id, job.attempts, request, rt, report)
     if outcome.verdict == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None
@@ -82,6 +81,20 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics, l
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])
     return JobState.SUCCEEDED
+
+
+def _narrate(job_id: str, run: int, request: NarrationRequest, rt: Runtime, report: ProgressHook
+             ) -> NarrationOutcome:
+    """narrate, with the first chunk published frame by frame when the job asks for it and the model can."""
+    assert rt.model is not None
+    frames = FramePublisher.for_job(rt.jobs.redis, job_id, run, rt.model, request.stream_frames)
+    try:
+        with rt.model.serving_job():
+            return narrate(job_id, request, rt.model, rt.objects, rt.settings.max_chunk_chars, rt.model_info(),
+                           report, first_chunk_chars=rt.settings.first_chunk_chars, frames=frames)
+    finally:
+        if frames is not None:
+            frames.close()
 
 
 def _hand_back(job_id: str, rt: Runtime, worker: str, lock: JobLock, progress: dict[str, Any]) -> JobState | None:

@@ -1,6 +1,8 @@
 """OpenAI's speech endpoint: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`, so OpenAI clients
-work unchanged. A request becomes a narration job at top priority on the same queue; its audio streams back as each
-chunk is stored (chunked transfer), so a long text starts playing after its first chunk."""
+work unchanged. A request becomes a narration job at top priority on the same queue that asks for frame streaming: its
+first chunk streams back a few frames at a time while it is generated, the later ones as each is stored (chunked
+transfer), so speech starts after the first few frames (producer/api/speech_stream.py: every chunk at its raw level).
+"""
 
 from __future__ import annotations
 
@@ -98,32 +100,37 @@ def _voice_fields(voice: Any, tenant: str, voices: VoiceStore) -> dict[str, Any]
     return {"voice_prompt_sha256": stored.sha256, "voice_text": stored.transcript}
 
 
-def speech_request(body: dict[str, Any], tenant: str, voices: VoiceStore) -> NarrationRequest:
-    """The narration job an OpenAI speech request asks for (validated here, once)."""
+def speech_request(body: dict[str, Any], tenant: str, voices: VoiceStore, frames: bool = True) -> NarrationRequest:
+    """The narration job an OpenAI speech request asks for (validated here, once); `frames`: frame streaming, for a
+    format that streams (ECHOFORGE_OPENAI_FRAME_STREAMING)."""
     _check_options(body)
-    fields = {"text": body["input"], "output_format": body.get("response_format", "mp3"),
-              "priority": OPENAI_PRIORITY, "stream_chunks": True,
+    fmt = body.get("response_format", "mp3")
+    fields = {"text": body["input"], "output_format": fmt, "priority": OPENAI_PRIORITY, "stream_chunks": True,
+              "stream_frames": frames and audio_format(fmt).streamable,
               **_voice_fields(body.get("voice"), tenant, voices)}
     return NarrationRequest.parse(fields)
 
 
 @router.post("/v1/audio/speech", response_class=StreamingResponse, responses={
-    200: {"description": "the audio, streamed as each chunk of the narration is stored",
+    200: {"description": "the audio, streamed: the first chunk as its frames are generated, the rest as each chunk "
+                         "is stored",
           "content": {f.content_type: {} for f in FORMATS.values()}},
     **error_responses(ErrorCode.INVALID_REQUEST, ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
                       ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED, ErrorCode.OVERLOADED)},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": SpeechBody.model_json_schema()}}}})
 async def create_speech(request: Request, key: Writer) -> Response:
-    """Speech for `input`, like OpenAI's endpoint: the audio of each chunk is sent as soon as it is stored."""
+    """Speech for `input`, like OpenAI's endpoint: the first chunk's audio is sent a few frames at a time as it is
+    generated, each later chunk's as soon as it is stored."""
     body = await json_object(request, MAX_PAYLOAD_BYTES)
     state = request.app.state
-    parsed = await run_in_threadpool(speech_request, body, key.tenant, VoiceStore(state.client.jobs.redis,
-                                                                                  state.storage))
+    parsed = await run_in_threadpool(speech_request, body, key.tenant,
+                                     VoiceStore(state.client.jobs.redis, state.storage),
+                                     state.settings.openai_frame_streaming)
     job: Job = await run_in_threadpool(submit_within_quotas, request, parsed, key.tenant)
     keep = bool(body.get("keep"))
     spec = audio_format(parsed.output_format)
-    chunks = stream_job_audio(state, job.id, spec.name)
+    chunks = stream_job_audio(state, job.id, spec.name, frames=parsed.stream_frames)
     first = await _first_piece(chunks, state, job.id, keep)
     return StreamingResponse(_then(first, chunks, state, job.id, keep), media_type=spec.content_type,
                              headers={"X-EchoForge-Job": job.id})

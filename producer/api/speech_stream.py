@@ -1,5 +1,10 @@
 """A job's audio as it is made: each chunk, once stored, finished as the stitcher finishes it (producer/mastering.py),
-encoded in the requested format and handed on; the pauses between chunks as in the final file."""
+encoded in the requested format and handed on; the pauses between chunks as in the final file.
+
+A frame-streaming job's (request.stream_frames) first chunk comes instead a few frames at a time while it is generated
+(producer/api/frame_stream.py). Its level cannot be finished before the chunk is whole, so such a response carries
+every chunk at its raw decoded level (the stored chunks' own samples, not loudness-normalized or faded); the stored
+narration is mastered as always."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from producer import keys
 from producer.api.events import watch_job
+from producer.api.frame_stream import first_chunk_frames
 from producer.audio_formats import AudioEncoder, audio_format
 from producer.errors import EchoForgeError, ErrorCode, JobNotReadyError
 from producer.job import Job
@@ -50,7 +56,7 @@ class _Pending:
         return taken
 
 
-def _chunk_audio(storage: Storage, job_id: str, index: int) -> tuple[np.ndarray, int]:
+def stored_chunk(storage: Storage, job_id: str, index: int) -> tuple[np.ndarray, int]:
     """Chunk `index` as stored (32-bit float WAV)."""
     import soundfile as sf
 
@@ -68,40 +74,74 @@ def _ends_paragraph(storage: Storage, job_id: str, index: int) -> bool:
     return bool(entries.get(index, {}).get("paragraph_end"))
 
 
-async def stream_job_audio(state: Any, job_id: str, fmt: str) -> AsyncIterator[bytes]:
+async def stream_job_audio(state: Any, job_id: str, fmt: str, frames: bool = False) -> AsyncIterator[bytes]:
     """The job's audio in `fmt`, a piece per stored chunk as the job goes on; the encoder's tail once it succeeded.
 
     A chunk is encoded a slice at a time, each slice handed on at once, so the first bytes do not wait for a whole
     chunk's encoding; the pause before a chunk is read from the manifest only then, off the first audio's path.
+    `frames` (a frame-streaming job): chunk 0 is sent as its frames are decoded, and every chunk at its raw level.
     Raises JobEndedError when the job ends without succeeding (before the first piece: the caller answers with an
     error; later, the stream is cut short). Formats that cannot stream (m4a) are sent whole once the job succeeded.
     """
     if not audio_format(fmt).streamable:
         yield await _whole_file(state, job_id)
         return
-    sink, encoder, sent = _Pending(), None, 0
+    out = _Encoding(fmt)
     try:
-        async for job in watch_job(state.async_redis, job_id):
-            if job.state in (JobState.FAILED, JobState.CANCELED, JobState.EXPIRED):
-                raise JobEndedError(job)
-            while sent < int(job.progress.get("chunks_done", 0)):
-                audio, rate = await run_in_threadpool(_chunk_audio, state.storage, job_id, sent)
-                if encoder is None:
-                    encoder = AudioEncoder.open(fmt, rate, sink)  # type: ignore[arg-type]
-                else:
-                    paragraph_end = await run_in_threadpool(_ends_paragraph, state.storage, job_id, sent - 1)
-                    encoder.write(pause_after(paragraph_end, rate))
-                finished = finish_chunk(audio, rate)
-                for start in range(0, len(finished), STREAM_SLICE_S * rate):
-                    encoder.write(finished[start: start + STREAM_SLICE_S * rate])
-                    yield sink.take()
-                sent += 1
-        if encoder is not None:
-            encoder.close()
-            yield sink.take()
+        if frames:
+            async for audio, rate in first_chunk_frames(state, job_id):
+                if piece := out.write(audio, rate):
+                    yield piece
+        async for piece in _stored_chunks(state, job_id, out, 1 if frames else 0, raw=frames):
+            yield piece
+        yield out.close()
     finally:
-        if encoder is not None:
-            encoder.abort()
+        out.abort()
+
+
+class _Encoding:
+    """The response's encoder, opened at the first audio's rate; `write` returns the bytes ready to send."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt, self.sink = fmt, _Pending()
+        self.encoder: AudioEncoder | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self.encoder is not None
+
+    def write(self, audio: np.ndarray, rate: int) -> bytes:
+        if self.encoder is None:
+            self.encoder = AudioEncoder.open(self.fmt, rate, self.sink)  # type: ignore[arg-type]
+        self.encoder.write(audio)
+        return self.sink.take()
+
+    def close(self) -> bytes:
+        if self.encoder is None:
+            return b""
+        self.encoder.close()
+        self.encoder = None
+        return self.sink.take()
+
+    def abort(self) -> None:
+        if self.encoder is not None:
+            self.encoder.abort()
+
+
+async def _stored_chunks(state: Any, job_id: str, out: _Encoding, sent: int, raw: bool) -> AsyncIterator[bytes]:
+    """Chunks `sent`.. as each is stored, each after its pause (finished, unless `raw`), until the job succeeded."""
+    async for job in watch_job(state.async_redis, job_id):
+        if job.state in (JobState.FAILED, JobState.CANCELED, JobState.EXPIRED):
+            raise JobEndedError(job)
+        while sent < int(job.progress.get("chunks_done", 0)):
+            audio, rate = await run_in_threadpool(stored_chunk, state.storage, job_id, sent)
+            if out.opened:
+                paragraph_end = await run_in_threadpool(_ends_paragraph, state.storage, job_id, sent - 1)
+                yield out.write(pause_after(paragraph_end, rate), rate)
+            level = audio if raw else finish_chunk(audio, rate)
+            for start in range(0, len(level), STREAM_SLICE_S * rate):
+                yield out.write(level[start: start + STREAM_SLICE_S * rate], rate)
+            sent += 1
 
 
 async def _whole_file(state: Any, job_id: str) -> bytes:

@@ -13,8 +13,8 @@ import numpy as np
 from producer.request import DEFAULT_SPEAKER_ID, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from worker.models.errors import CSMModelError
 
-__all__ = ["SAMPLE_RATE", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "TextDone", "TextRefill",
-           "split_by"]
+__all__ = ["SAMPLE_RATE", "FrameSink", "Generated", "RowDone", "Segment", "SpeechModel", "SpeechRequest", "TextDone",
+           "TextRefill", "split_by"]
 
 SAMPLE_RATE = 24_000  # CSM's Mimi codec rate
 _T = TypeVar("_T")
@@ -57,6 +57,10 @@ RowDone = Callable[[int, int, "Generated"], None]
 TextRefill = Callable[[int], list[Any]]
 TextDone = Callable[[Any, "Generated"], None]
 
+# Hears each frame of a request's text as the engine makes it: (text index, codes [codebooks], on the model's device).
+# Called from the generation thread between frames of every row in its batch: it must only hand the codes on.
+FrameSink = Callable[[int, Any], None]
+
 
 @dataclass(frozen=True)
 class SpeechRequest:
@@ -70,6 +74,7 @@ class SpeechRequest:
     seeds: list[int | None] | None = None
     max_audio_length_ms: float | None = None
     owner: str | None = None  # whose texts (a job id): a shared model gives each owner a fair share of its slots
+    on_frame: FrameSink | None = None  # frame streaming (CSMModel only; others never call it)
 
     def seeded_texts(self) -> list[tuple[str, int | None]]:
         return list(zip(self.texts, self.seeds or [None] * len(self.texts), strict=True))
@@ -119,11 +124,14 @@ class SpeechModel:
         max_audio_length_ms: float | None = None,
         on_done: Callable[[int, Generated], None] | None = None,
         owner: str | None = None,
+        on_frame: FrameSink | None = None,
     ) -> list[Generated]:
         """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
         `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone);
-        `owner` (a job id) groups the calls of one job for a shared model's fair shares."""
-        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner)
+        `owner` (a job id) groups the calls of one job for a shared model's fair shares; `on_frame` (FrameSink)
+        hears each frame of each text, where the model can stream frames (streaming_codec)."""
+        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner,
+                                on_frame)
         rows = None if on_done is None else lambda _request, i, result: on_done(i, result)
         return self.generate_requests([request], rows)[0]
 
@@ -157,6 +165,10 @@ class SpeechModel:
         requests = [replace(part[0].request, texts=[h.request.texts[h.index] for h in part],
                             seeds=[h.request.seeded_texts()[h.index][1] for h in part]) for part in parts]
         self.generate_requests(requests, lambda r, i, result: on_done(parts[r][i], result))
+
+    def streaming_codec(self) -> Any:
+        """A codec that decodes a few frames at a time (moshi's Mimi), or None: this model cannot stream frames."""
+        return None
 
     fallback_reason: str | None = None
     last_generation: Any = None  # what the last generate_speech call did (CSMModel: GenerationStats)

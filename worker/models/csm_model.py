@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import gc
 import hashlib
 import logging
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,7 @@ class _Text:
 
     row: Any  # engine.Row: embeddings of its request's context (prefix) and of its own turn, cap, sampling
     context_frames: int
+    on_frame: Callable[[Any], None] | None = None  # its request's FrameSink, for this text
 
 
 def _generated(text: _Text, wave: np.ndarray, frames: int) -> Generated:
@@ -137,7 +140,7 @@ class CSMModel(SpeechModel):
             raise CSMModelLoadError(f"cannot move {self.model_id} to {self.device} ({why})") from e
         self.max_positions = int(self.model.config.max_position_embeddings)
         self._prefix_cache: dict[tuple[tuple[int, str, str], ...], tuple[Any, int]] = {}
-        self._stream_codec: MoshiCodec | None = self.codec
+        self._stream_codec: MoshiCodec | None = None  # never the batch decoder: streaming state lives in the module
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
@@ -153,13 +156,14 @@ class CSMModel(SpeechModel):
         return wave.numpy().astype(np.float32)
 
     def streaming_codec(self) -> MoshiCodec:
-        """moshi's Mimi with this model's codec weights (built once for a transformers checkpoint): it decodes
-        a few frames at a time."""
+        """moshi's Mimi with this model's codec weights (built once): it decodes a few frames at a time. Its own
+        copy, never the codec that decodes whole rows, since a streaming context holds state in the module."""
         from worker.models.moshi_codec import MoshiCodec
 
         assert self.engine is not None and self.model is not None
         if self._stream_codec is None:
-            self._stream_codec = MoshiCodec.from_transformers(self.model.codec_model, self.engine.codebooks)
+            self._stream_codec = copy.deepcopy(self.codec) if self.codec is not None else \
+                MoshiCodec.from_transformers(self.model.codec_model, self.engine.codebooks)
         return self._stream_codec
 
     def generate_requests(self, requests: list[SpeechRequest], on_row: RowDone | None = None) -> list[list[Generated]]:
@@ -205,8 +209,13 @@ class CSMModel(SpeechModel):
             text = running.pop(row)
             on_done(text, _generated(text, self.decode(codes), len(codes)))
 
+        def frame(row: Any, codes: Any) -> None:  # the engine calls it only for rows that stream (a sink)
+            sink = running[row].on_frame
+            if sink is not None:
+                sink(codes)
+
         try:
-            engine.run(take(size), ended, take, size)
+            engine.run(take(size), ended, take, size, on_frame=frame)
         except torch.OutOfMemoryError as e:
             raise CSMModelError(f"out of memory generating {len(running)} texts on {self.device}") from e
 
@@ -236,11 +245,12 @@ class CSMModel(SpeechModel):
         prefix, context_frames = self._prefix(request.context or [])
         prefix_len = 0 if prefix is None else len(prefix)
         texts = []
-        for text, seed in request.seeded_texts():
+        for i, (text, seed) in enumerate(request.seeded_texts()):
             prompt = self.engine.embed_prompt(self._turn_ids(text, request.speaker_id))
             cap = self._cap(text, prefix_len + len(prompt), request.max_audio_length_ms)
-            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed)),
-                               context_frames))
+            sink = None if request.on_frame is None else functools.partial(request.on_frame, i)
+            texts.append(_Text(Row(prefix, prompt, cap, Sampling(request.temperature, request.top_k, seed),
+                                   streams=sink is not None), context_frames, sink))
         return texts
 
     def _cap(self, text: str, prompt_tokens: int, max_audio_length_ms: float | None) -> int:

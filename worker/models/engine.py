@@ -139,7 +139,8 @@ class CsmEngine:
         Each row stops at its end frame (excluded) or after caps[i] frames; `on_row(i, codes)` is called as row i
         stops, while the others go on; `on_frame(i, codes)` with each frame row i keeps.
         """
-        rows = [Row(*fields) for fields in zip(prefixes, prompts, caps, sampling, strict=True)]
+        rows = [Row(*fields, streams=on_frame is not None)
+                for fields in zip(prefixes, prompts, caps, sampling, strict=True)]
         index = {row: i for i, row in enumerate(rows)}
         out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
 
@@ -156,7 +157,8 @@ class CsmEngine:
     def run(self, rows: list[Row], on_row: OnRow, refill: Refill | None = None, size: int | None = None,
             on_frame: OnFrame | None = None) -> None:
         """Decode `rows` and then whatever `refill(free slots)` hands over, at most `size` rows at once (default:
-        len(rows)), until no row is left and refill has none; `on_row` hears of each row as it ends."""
+        len(rows)), until no row is left and refill has none; `on_row` hears of each row as it ends, `on_frame` of
+        each frame of the rows that stream (Row.streams)."""
         with on_device(self.device):
             self._run(rows, on_row, refill, size or max(1, len(rows)), on_frame)
 
@@ -165,12 +167,13 @@ class CsmEngine:
         slots = Slots(self.device, self.codebooks)
         self.backbone.allocate(0, 0)
         self._prefix_kv = {}
-        every = 1 if on_frame is not None else self.check_every  # frames are streamed as they are made
         hidden, made = self._admit(slots, rows, None, size), 0
         while hidden is not None:
             codes = self._frame(hidden, self._noise(slots), slots.scale)
             slots.store(codes, (codes[:, :-1] == self.eos).all(-1))
             made += 1
+            streaming = on_frame is not None and any(row is not None and row.streams for row in slots.rows)
+            every = 1 if streaming else self.check_every  # a streaming row's frames are handed on as they are made
             capped = any(row is not None and slots.frames[i] >= row.cap for i, row in enumerate(slots.rows))
             if capped or made % every == 0:
                 self._check(slots, codes, on_row, on_frame)
@@ -192,12 +195,12 @@ class CsmEngine:
     def _check(self, slots: Slots, codes: torch.Tensor, on_row: OnRow, on_frame: OnFrame | None) -> None:
         """Read the end state of every row (the loop's one host sync, every `check_every` frames or at a row's
         cap); hand on the rows that ended (their frames after the end frame were never kept) or reached their cap.
-        With `on_frame` this runs every frame and hands each kept frame on first."""
+        While a row streams (Row.streams) this runs every frame and hands its kept frame to `on_frame` first."""
         kept, done = self._read(slots.state)
         live = slots.live()
         if on_frame is not None:
             for i in live:
-                if not done[i]:
+                if not done[i] and slots.rows[i].streams:  # type: ignore[union-attr]
                     on_frame(slots.rows[i], codes[i])  # type: ignore[arg-type]
         for i in live:
             row = slots.rows[i]

@@ -33,6 +33,7 @@ class Row:
     prompt: torch.Tensor
     cap: int
     sampling: Sampling
+    streams: bool = False  # the run's on_frame hears of its frames (frame streaming); other rows cost it nothing
 
     @property
     def prefix_len(self) -> int:

@@ -21,6 +21,7 @@ from producer.voice import voice_prompt_key
 from worker.models import SpeechModel
 from worker.narration.audio import decode_wav
 from worker.narration.delivery import deliver
+from worker.narration.frame_publish import FramePublisher
 from worker.narration.manifest import Manifest
 from worker.narration.stitch import stitch
 from worker.narration.synthesis import Attempt, ChunkSynthesizer
@@ -52,16 +53,18 @@ class NarrationOutcome:
 
 def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage: Storage,
             max_chunk_chars: int, model_info: dict[str, Any], on_progress: ProgressHook,
-            first_chunk_chars: int = 0) -> NarrationOutcome:
+            first_chunk_chars: int = 0, frames: FramePublisher | None = None) -> NarrationOutcome:
     """The job's work: its result when done, or the hook's "cancel" / "stop" that ended it early.
 
     Chunks already in the stored manifest are skipped; a canceled job's chunks and manifest are deleted.
-    `first_chunk_chars` (0: off) keeps the first chunk short, so the first audio comes soon.
+    `first_chunk_chars` (0: off) keeps the first chunk short, so the first audio comes soon; `frames` publishes the
+    first chunk frame by frame as it is generated (a frame-streaming job's; the caller closes it).
     """
     settings = _settings(request, max_chunk_chars, first_chunk_chars)
     with tempfile.TemporaryDirectory(prefix=f"echoforge-{job_id[:8]}-") as tmp:
         spool = Path(tmp)
         synthesizer = ChunkSynthesizer(model, request, job_id, spool)
+        synthesizer.frames = frames
         stored = Manifest.stored(storage, job_id)
         plan, early = _plan_while_first_chunk_generates(synthesizer, stored is None, max_chunk_chars,
                                                         first_chunk_chars)
@@ -103,6 +106,11 @@ def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, fresh: bool
     guess = None
     if not request.voice_prompt_sha256 and fresh:
         guess = first_chunk_guess(request.text, max_chunk_chars, first_chunk_chars, lexicon=request.lexicon)
+    if guess is not None and synthesizer.frames is not None:  # its frames go out only once the plan keeps it
+        frames = synthesizer.frames
+        frames.hold()
+        planning.add_done_callback(lambda done: frames.settle(done.exception() is None and
+                                                              done.result()[:1] == [guess]))
     early = synthesizer.generate([guess])[0] if guess is not None else None
     plan = planning.result()
     if early is not None and plan[:1] != [guess]:

@@ -16,7 +16,9 @@ import numpy as np
 from producer import keys
 from producer.request import NarrationRequest
 from worker.models import SAMPLES_PER_FRAME, Generated, Segment, SpeechModel, frame_budget
+from worker.models.base import FrameSink
 from worker.narration.audio import chunk_qa, decode_wav, wav_bytes
+from worker.narration.frame_publish import FramePublisher
 from worker.narration.manifest import Manifest
 from worker.narration.text import Chunk, positions_needed
 
@@ -41,6 +43,7 @@ class ChunkSynthesizer:
         self._manifest: Manifest | None = None
         self.seed_attempt = 0  # the attempt number of first tries' seeds (a re-render starts past the earlier ones)
         self.draining = False  # set by stop_starting: the chunks in flight finish, no new one starts
+        self.frames: FramePublisher | None = None  # a frame-streaming job's: chunk 0's first generation streams
 
     def stop_starting(self) -> None:
         """The worker is stopping: chunks already started are finished and stored; no other chunk is started."""
@@ -167,6 +170,8 @@ class ChunkSynthesizer:
                      number, len(result.audio) / result.sample_rate,
                      f", QA: {','.join(qa['problems'])}" if qa["problems"] else "")
         result, qa = attempts[-1]
+        if chunk.index == 0 and self.frames is not None:
+            self.frames.close()  # its end marker goes before the stored chunk (the API's fallback relies on it)
         seed = chunk_seed(self.job_id, chunk.index, self.seed_attempt + len(attempts) - 1)
         entry = self._entry(chunk, result.audio, result.sample_rate, seed, len(attempts), qa, result.stats)
         self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
@@ -186,11 +191,20 @@ class ChunkSynthesizer:
         results = self.model.generate_batch(
             [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
             top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id)
+            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id,
+            on_frame=self._frame_sink(chunks))
         log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
                  len(chunks), attempt + 1, time.perf_counter() - started,
                  sum(len(r.audio) / r.sample_rate for r in results))
         return results
+
+    def _frame_sink(self, chunks: list[Chunk]) -> FrameSink | None:
+        """The publisher's sink for chunk 0's first generation when this batch has it; None otherwise."""
+        first = next((i for i, c in enumerate(chunks) if c.index == 0), None)
+        if first is None or self.frames is None or not self.frames.claim():
+            return None
+        sink = self.frames.sink
+        return lambda i, codes: sink(i, codes) if i == first else None
 
     @staticmethod
     def _checked(chunk: Chunk, result: Generated) -> Attempt:
