@@ -3,14 +3,15 @@
 Each call a job makes is a feed: generate_requests a Feed (its texts not yet started), generate_stream a Stream (a
 job's chunks, handed over one start at a time by the job's own refill: its QA retries, then its next chunks). As
 slots free, FeedQueue.take starts a text of the job (the requests' `owner`, a Stream itself; else the call) with
-the fewest texts running, the earliest call on a tie, so a job that just arrived gets the next free slot ahead of a
-long job's backlog, and jobs running together hold about equal shares.
+the fewest texts running, the one served least recently on a tie (in turn: a job's stream lives as long as the job),
+so a job that just arrived gets the next free slot ahead of a long job's backlog, and jobs running together hold
+about equal shares.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -30,7 +31,7 @@ class Feed:
 
     requests: list[SpeechRequest]
     on_row: RowDone | None = None  # the job's: hears of each of its texts as it is done
-    arrived: float = field(default_factory=time.monotonic)
+    served: int = 0  # FeedQueue's turn when it last started a text (or arrived)
     result: Future[list[list[Generated]]] = field(default_factory=Future)
     waiting: deque[tuple[int, int]] = field(default_factory=deque)  # (request, text) not started
     handles: list[list[Any]] | None = None  # the model's, once the feed first gets a slot
@@ -62,7 +63,7 @@ class Stream:
     refill: TextRefill
     on_done: TextDone
     size: int
-    arrived: float = field(default_factory=time.monotonic)
+    served: int = 0
     result: Future[None] = field(default_factory=Future)
     running: int = 0
 
@@ -84,13 +85,15 @@ class FeedQueue:
         self.lock = lock
         self.feeds: list[Feed | Stream] = []
         self._owner: dict[Any, tuple[Feed | Stream, int, int]] = {}  # model handle -> (feed, request, text)
-        self.started: list[Feed | Stream] = []  # the feed of each text started since the last reset (for the log)
+        self.started: list[Feed | Stream] = []
+        self._turns = itertools.count(1)  # the feed of each text started since the last reset (for the log)
 
     def add(self, feed: Feed | Stream) -> None:
         with self.lock:
             if isinstance(feed, Feed) and feed.texts == 0:
                 feed.result.set_result([[] for _ in feed.requests])
                 return
+            feed.served = next(self._turns)
             self.feeds.append(feed)
             self.lock.notify_all()
 
@@ -107,13 +110,14 @@ class FeedQueue:
                 running = Counter[object]()
                 for f in self.feeds:
                     running[f.owner] += f.running
-                feed = min(ready, key=lambda f: (running[f.owner], f.arrived))
+                feed = min(ready, key=lambda f: (running[f.owner], f.served))
                 handle, r, i = self._next_of(feed, start) if isinstance(feed, Feed) else self._next_in(feed)
                 if handle is None:
                     dry.add(feed)
                     continue
                 self._owner[handle] = (feed, r, i)
                 feed.running += 1
+                feed.served = next(self._turns)
                 self.started.append(feed)
                 handles.append(handle)
         return handles

@@ -17,7 +17,7 @@ import torch
 from producer.request import NarrationRequest
 from producer.storage import LocalStorage
 from worker.batcher import BatchingModel
-from worker.feeds import Feed, FeedQueue
+from worker.feeds import Feed, FeedQueue, Stream
 from worker.models import CSMModel, CSMModelError, Generated, PlaceholderCSMModel, Segment, SpeechModel, SpeechRequest
 from worker.models.engine import Row, Sampling
 from worker.narration.audio import decode_wav
@@ -211,4 +211,25 @@ def test_a_job_that_just_arrived_gets_the_next_free_slot_ahead_of_a_long_jobs_ba
     feeds.done(running[0], Generated(np.zeros(1, np.float32), 24_000))
     [next_text] = feeds.take(1, start)
     assert next_text.request is short.requests[0], "the job with no text running goes first"
-    assert [h.request.texts[h.index] for h in feeds.take(3, start)] == ["Chunk 4.", "Chunk 5.", "Chunk 0 again."]
+    taken = [h.request.texts[h.index] for h in feeds.take(3, start)]
+    assert taken == ["Chunk 4.", "Chunk 0 again.", "Chunk 5."], "the long job's two calls take turns"
+
+
+def test_jobs_streams_take_turns_for_the_free_slots() -> None:
+    """Three jobs' streams, two slots: a slot freed goes to the job served least recently among those with the fewest
+    rows running, so none waits while the others alternate."""
+    feeds = FeedQueue(threading.Condition())
+    streams = {name: Stream(lambda free, name=name: [object() for _ in range(free)], lambda _h, _r: None, size=2)
+               for name in "ABC"}
+    for stream in streams.values():
+        feeds.add(stream)
+    owner = {}
+    order = []
+    running = []
+    for _ in range(9):
+        for handle in feeds.take(2 - len(running), PlaceholderCSMModel().start_texts):
+            owner[handle] = next(name for name, s in streams.items() if s is feeds._owner[handle][0])
+            order.append(owner[handle])
+            running.append(handle)
+        feeds.done(running.pop(0), Generated(np.zeros(1, np.float32), 24_000))
+    assert order[:6] == ["A", "B", "C", "A", "B", "C"], order

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -35,38 +36,52 @@ class ChunkFlow:
         self._ended: queue.Queue[_Ended] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False  # the job left (cancel, failure): nothing more starts, not even a retry
+        self._tries, self._audio_s = 0, 0.0  # rows ended, and their audio (for the log)
 
     def stored_in_order(self) -> Generator[dict[str, Any], None, None]:
         """Each chunk's manifest entry, in the chunks' order, once stored; chunks are stored as their rows end (in
         any order). Ends early when the synthesizer drains (the chunks after the first never started are left)."""
-        if not self.chunks:
-            return
-        thread = threading.Thread(target=self._generate, daemon=True,
-                                  name=f"echoforge-flow-{self.synthesizer.job_id[:8]}")
-        thread.start()
         stored: dict[int, dict[str, Any]] = {}
         next_position = 0
+        rows = self.as_rows_end()
         try:
-            while next_position < len(self.chunks) and (item := self._ended.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                position, attempts = item
+            for position, attempts in rows:
                 stored[position] = self.synthesizer.store_attempts(self.chunks[position], attempts)
                 while next_position in stored:
                     yield stored.pop(next_position)
                     next_position += 1
         finally:
+            rows.close()
+
+    def as_rows_end(self) -> Generator[tuple[int, list[Attempt]], None, None]:
+        """(chunk position, its checked tries) as each chunk's last row ends. Leaving early (a cancel) starts nothing
+        more and, on a model that is the job's alone, waits for the rows in flight, so it never runs two streams."""
+        if not self.chunks:
+            return
+        thread = threading.Thread(target=self._generate, daemon=True,
+                                  name=f"echoforge-flow-{self.synthesizer.job_id[:8]}")
+        thread.start()
+        try:
+            for _ in self.chunks:
+                if (item := self._ended.get()) is None:
+                    return  # drained
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
             with self._lock:
                 self._closed = True
-            if not self.synthesizer.model.takes_concurrent_requests:  # the model is the job's alone: let it finish
+            if not self.synthesizer.model.takes_concurrent_requests:
                 thread.join()
 
     def _generate(self) -> None:
-        model = self.synthesizer.model
+        model, started = self.synthesizer.model, time.perf_counter()
         try:
             model.generate_stream(self.refill, self.ended, model.batch_size)
         except BaseException as e:  # handed to the job's thread
             self._ended.put(e)
+        log.info("job %s: %d chunks (%d tries) generated in %.2f s, %.2f s of audio", self.synthesizer.job_id,
+                 len(self.chunks), self._tries, time.perf_counter() - started, self._audio_s)
         self._ended.put(None)
 
     def refill(self, free: int) -> list[Any]:
@@ -88,6 +103,8 @@ class ChunkFlow:
         """A row ended (on the model's thread): checked at once, so a retry is waiting before the next refill."""
         with self._lock:
             position, attempt = self._running.pop(handle)
+            self._tries += 1
+            self._audio_s += len(result.audio) / result.sample_rate
         log.debug("job %s: chunk %d ended (attempt %d)", self.synthesizer.job_id, self.chunks[position].index,
                   attempt - self.attempt + 1)
         checked = self.synthesizer.checked(self.chunks[position], result)

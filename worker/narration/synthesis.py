@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +87,10 @@ class ChunkSynthesizer:
         return handle
 
     def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
-        """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
-
-        Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever else shares its batch.
-        """
-        first = self._attempt(chunks, self.seed_attempt)
-        failed = [i for i, (_, qa) in enumerate(first) if qa["problems"]]
-        retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], self.seed_attempt + 1),
-                           strict=True)) if failed else {}
-        return [[first[i], *([retried[i]] if i in retried else [])] for i in range(len(chunks))]
+        """Each chunk's tries (a second on its next seed when the first fails QA), generated as synthesize does but
+        not stored. Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever shares its batch."""
+        tries = dict(ChunkFlow(self, chunks, self.seed_attempt).as_rows_end())
+        return [tries[i] for i in range(len(chunks))]
 
     def store(self, chunks: list[Chunk], generated: list[list[Attempt]]) -> Iterator[dict[str, Any]]:
         """Store each chunk's last attempt and record it in the manifest, in order, yielding each entry once saved."""
@@ -115,25 +109,6 @@ class ChunkSynthesizer:
         self._store(chunk.index, wav_bytes(result.audio, result.sample_rate))
         self.manifest.record(entry)
         return entry
-
-    def _attempt(self, chunks: list[Chunk], attempt: int) -> list[Attempt]:
-        """One generation of every chunk (one batch), each checked by QA."""
-        return [self.checked(c, r) for c, r in zip(chunks, self._generate(chunks, attempt), strict=True)]
-
-    def _generate(self, chunks: list[Chunk], attempt: int,
-                  on_done: Callable[[int, Generated], None] | None = None) -> list[Generated]:
-        """One batch: every chunk's generation is logged as it starts; `on_done` hears of each as its row ends."""
-        for chunk in chunks:
-            log.info("job %s: chunk %d started (attempt %d)", self.job_id, chunk.index, attempt + 1)
-        started = time.perf_counter()
-        results = self.model.generate_batch(
-            [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
-            top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id)
-        log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
-                 len(chunks), attempt + 1, time.perf_counter() - started,
-                 sum(len(r.audio) / r.sample_rate for r in results))
-        return results
 
     @staticmethod
     def checked(chunk: Chunk, result: Generated) -> Attempt:
