@@ -7,13 +7,15 @@ data, `nonzero`) with a `TorchFunctionMode`. The counts depend on the code path,
 values, so the random-weight model on the CPU gives the numbers a GPU would launch.
 
 Steady state: the generation loop is run for F and 2F frames (same prompt, same seed) and the difference, divided by
-F, is one frame's cost, without the prefill or the first frame. A frame is split where the engine does it: the
-depth decoder with sampling (`CsmEngine._frame`: codebook 0's head, then one depth-decoder step per further
-codebook) and the rest of the loop (the backbone step, end-of-row checks, storing the codes). "Per depth step" is
+F, is one frame's cost, without the prefill or the first frame. F defaults to the engine's CHECK_EVERY (8), so the
+read of the rows' end state the engine makes every F frames (its one host sync) counts, amortized, too. A frame
+is split where the engine does it: the depth decoder with sampling (`CsmEngine._frame`: codebook 0's head, then one
+depth-decoder step per further codebook) and the rest of the loop (the backbone step, end-of-row checks, storing
+the codes). "Per depth step" is
 the depth part divided by the codebooks after the first. Targets: depth step <= 40 ops, backbone <= 150 ops per
 frame, 0 host syncs per steady-state frame.
 
-    ./dev bench dispatch [--frames 4] [--backbone-layers 16] [--depth-layers 4] [--json]
+    ./dev bench dispatch [--frames 8] [--backbone-layers 16] [--depth-layers 4] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.generation import FRAME_S, TEXT, bench_config, build_full_size
 from worker.models import CSMModel
+from worker.models.engine import CHECK_EVERY
 
 # Calls that copy device memory to the host (or host lists to the device) and so block the CPU on CUDA.
 SYNCS = {"tolist", "item", "__bool__", "cpu", "tensor", "nonzero", "__int__", "__float__", "__index__"}
@@ -139,7 +142,8 @@ def report(result: dict[str, Any], say: Callable[[str], None]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=4, help="F: the difference of F and 2F frames is measured")
+    parser.add_argument("--frames", type=int, default=CHECK_EVERY,
+                        help="F: the difference of F and 2F frames is measured (a multiple of the end-check interval)")
     parser.add_argument("--backbone-layers", type=int, default=16, help="backbone layers (CSM-1B: 16)")
     parser.add_argument("--depth-layers", type=int, default=4, help="depth-decoder layers (CSM-1B: 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Threads pool: a text's batch slot goes to the next waiting text (of any running job) as soon as it ends;
     # false: static batches, each job waiting for its whole batch.
     continuous_batching: bool = True
+    # The generation loop reads its rows' end state (its one host-device sync) every this many frames; a row's end
+    # is seen up to this many frames - 1 late (those frames are computed and discarded).
+    end_check_frames: int = Field(default=8, ge=1, le=64)
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)
     visibility_timeout_s: int | None = None

@@ -233,3 +233,19 @@ def test_jobs_streams_take_turns_for_the_free_slots() -> None:
             running.append(handle)
         feeds.done(running.pop(0), Generated(np.zeros(1, np.float32), 24_000))
     assert order[:6] == ["A", "B", "C", "A", "B", "C"], order
+
+
+def test_a_slot_freed_at_its_cap_is_decoded_on_harmlessly_when_the_batch_keeps_its_size(
+        model: CSMModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As under CUDA graphs (the batch keeps its size): the slot of a row that stopped at its cap is still decoded
+    while a row refilled later runs on, and must not write past the codes kept for any row."""
+    assert model.engine is not None
+    monkeypatch.setattr(model.engine, "use_cuda_graphs", True)  # capture fails on the CPU: eager, batch size kept
+    monkeypatch.setattr(model.engine, "graph_failures", [])
+    first = [_row(model, "The lighthouse keeper counted.", 6, GREEDY), _row(model, "Hi.", 2, GREEDY)]
+    late = _row(model, "Boats knocked together.", 6, GREEDY)
+    codes, events = _run(model, first, [late], size=2)
+    assert ("end", first[0], 1) in events, "the late row ran on after the first row's cap"
+    monkeypatch.setattr(model.engine, "use_cuda_graphs", False)
+    for row in [*first, late]:
+        assert torch.equal(codes[row], _alone(model, row))

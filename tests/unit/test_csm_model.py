@@ -96,8 +96,8 @@ def test_corrupted_weights_are_a_load_error(tiny_checkpoint: Path, tmp_path: Pat
 
 
 def test_create_falls_back_to_the_placeholder_only_when_allowed(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    real = create_csm_model(model_path=str(tiny_checkpoint), device="cpu", settings=Settings())
-    assert isinstance(real, CSMModel)
+    real = create_csm_model(model_path=str(tiny_checkpoint), device="cpu", settings=Settings(end_check_frames=3))
+    assert isinstance(real, CSMModel) and real.engine is not None and real.engine.check_every == 3
     fallback = create_csm_model(model_path=str(tmp_path / "missing"), settings=Settings(allow_placeholder=True))
     assert isinstance(fallback, PlaceholderCSMModel)
     assert fallback.fallback_reason is not None and "missing" in fallback.fallback_reason

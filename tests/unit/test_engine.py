@@ -144,7 +144,7 @@ def test_cuda_graphs_replay_the_eager_codes(tmp_path_factory: pytest.TempPathFac
     assert model.engine is not None and model.engine.use_cuda_graphs
     seeded = [Sampling(0.9, 20, seed) for seed in (7, 8, 9)]
     graphed = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
-    assert model.engine._graphs and all(g is not None for g in model.engine._graphs.values()), "capture failed"
+    assert model.engine._graphs and all(g is not None for g in model.engine._graphs.entries.values()), "capture failed"
     model.engine.use_cuda_graphs = False
     eager = _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR)
     assert all(torch.equal(a, b) for a, b in zip(graphed, eager, strict=True))
@@ -171,3 +171,19 @@ def test_a_model_on_the_second_gpu_captures_its_graphs_there(tmp_path_factory: p
     model.engine.use_cuda_graphs = False
     assert all(torch.equal(a, b) for a, b in zip(graphed, _codes(model, TEXTS, [10, 4, 7], seeded, ANCHOR),
                                                   strict=True))
+
+
+def test_the_fused_layers_compute_what_transformers_layers_compute(model: CSMModel) -> None:
+    """The engine's stacks run fused q/k/v and gate/up weights (views of the model's own: nothing held twice)."""
+    engine = model.engine
+    assert engine is not None
+    embeds = engine.embed_prompt(model._turn_ids(TEXTS[2], 0))[None]
+    positions = torch.arange(embeds.shape[1])[None]
+    with torch.inference_mode():
+        expected = model.model.backbone_model(inputs_embeds=embeds).last_hidden_state
+        engine.backbone.allocate(1, embeds.shape[1])
+        ours = engine.backbone.forward(embeds, engine.backbone.rotary(positions), 0, None)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    attention = model.model.backbone_model.layers[0].self_attn
+    assert attention.q_proj.weight.data_ptr() == engine.backbone.layers[0].qkv.data_ptr()
+    assert attention.v_proj.weight.untyped_storage().data_ptr() == engine.backbone.layers[0].qkv.data_ptr()

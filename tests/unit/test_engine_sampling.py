@@ -132,3 +132,23 @@ def test_every_sampled_id_is_in_the_top_k_of_the_models_logits(model: CSMModel, 
     assert int(ranks.max()) < top_k
     if top_k <= 5:  # and the set is not narrower: all of its ids come out
         assert set(ranks.flatten().tolist()) == set(range(top_k))
+
+
+@pytest.mark.parametrize("every", [4, 5, 8])
+def test_a_row_ending_between_end_checks_gives_what_checking_every_frame_gives(scripted: CSMModel, every: int,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine reads its rows' end state every few frames (no host sync in between): a row whose end frame falls
+    between two reads runs on a few frames, and those frames must never reach its codes or audio."""
+    assert scripted.engine is not None
+    ending = SpeechRequest([TEXT, TEXT], speaker_id=0, top_k=1, seeds=[1, 2])  # ends after END_AFTER frames
+    sampled = SpeechRequest([TEXT], speaker_id=0, temperature=0.9, top_k=5, seeds=[3], max_audio_length_ms=880)
+    monkeypatch.setattr(scripted.engine, "check_every", 1)
+    expected = scripted.generate_requests([ending, sampled])
+    codes = _generate(scripted, [Sampling(1.0, 1), Sampling(0.9, 5, 3)], [3 * END_AFTER, 11])
+    monkeypatch.setattr(scripted.engine, "check_every", every)
+    assert all(torch.equal(a, b) for a, b in zip(codes, _generate(scripted, [Sampling(1.0, 1), Sampling(0.9, 5, 3)],
+                                                                   [3 * END_AFTER, 11]), strict=True))
+    assert len(codes[0]) == END_AFTER and END_AFTER % every != 0
+    for want, got in zip(expected, scripted.generate_requests([ending, sampled]), strict=True):
+        for a, b in zip(want, got, strict=True):
+            assert a.stats == b.stats and np.array_equal(a.audio, b.audio)

@@ -53,8 +53,11 @@ def test_engine_cos_sin_match_fp32_within_bf16_resolution_up_to_the_last_positio
     assert stack == "depth" or len(tables.cos) >= 2048
     cos, sin = fp32_rotary(rotary.rotary_emb, "cpu")(torch.empty(0), positions)
     assert tables.cos.dtype == torch.bfloat16
-    assert (tables.cos.float() - cos[0]).abs().max() <= BF16_STEP / 2
-    assert (tables.sin.float() - sin[0]).abs().max() <= BF16_STEP / 2
+    turned, half = tables.heads + tables.kv_heads, tables.head_dim // 2  # q and k heads turn; v heads do not
+    sign = torch.tensor([-1.0] * half + [1.0] * half)  # the rotated half's sign rides in the sin table
+    assert (tables.cos[:, :turned].float() - cos[0][:, None]).abs().max() <= BF16_STEP / 2
+    assert (tables.sin[:, :turned].float() - (sin[0] * sign)[:, None]).abs().max() <= BF16_STEP / 2
+    assert bool((tables.cos[:, turned:] == 1).all()) and bool((tables.sin[:, turned:] == 0).all())
 
 
 def test_a_bf16_rounded_frequency_table_would_be_caught() -> None:

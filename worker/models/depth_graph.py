@@ -1,40 +1,78 @@
-"""The depth decoder and sampling of one frame, captured as one CUDA graph per batch size."""
+"""The depth decoder and sampling of one frame, captured as one CUDA graph per batch-size bucket and top-k bucket,
+kept in a least-recently-used cache."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
 
-__all__ = ["DepthGraph"]
+__all__ = ["BUCKETS", "DepthGraph", "GraphCache", "batch_bucket", "k_bucket"]
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # batch sizes captured: a batch runs in the smallest that holds it
+
+
+def batch_bucket(batch: int) -> int:
+    """The captured batch size that serves `batch` rows: the next of BUCKETS, past 64 the next multiple of 64."""
+    for size in BUCKETS:
+        if batch <= size:
+            return size
+    return -(-batch // BUCKETS[-1]) * BUCKETS[-1]
+
+
+def k_bucket(k: int, vocab: int) -> int:
+    """The top-k width sampled (and captured) for a largest top-k of `k`: 1 (greedy), else the next power of two,
+    at most `vocab`; candidates past a row's own k are masked, so the codes do not depend on it."""
+    return 1 if k <= 1 else min(vocab, 1 << (k - 1).bit_length())
+
+
+class GraphCache:
+    """At most `capacity` graphs (each holds its own memory), the least recently used evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        while len(self.entries) >= self.capacity:
+            self.entries.popitem(last=False)
+        self.entries[key] = build()
+        return self.entries[key]
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class DepthGraph:
-    """Replays `engine._depth` for `batch` rows: inputs copied into static tensors, codes cloned out."""
+    """Replays `engine._depth` for up to `batch` rows: inputs copied into the first rows of static tensors (the
+    rest decode stale inputs, ignored), codes cloned out."""
 
     def __init__(self, engine: Any, batch: int) -> None:
         hidden_size = engine.model.lm_head.weight.shape[1]
         self.hidden = torch.zeros(batch, hidden_size, device=engine.device, dtype=engine.dtype)
-        self.noise = torch.ones(batch, engine.codebooks, engine.vocab, device=engine.device)
+        self.noise = torch.zeros(batch, engine.codebooks, engine.kmax, device=engine.device)
         self.scale = torch.ones(batch, 1, device=engine.device)
-        self.kth = torch.zeros(batch, 1, dtype=torch.long, device=engine.device)
         engine.depth.allocate(batch, engine.codebooks)
-        self.kv = engine.depth.k, engine.depth.v  # the graph writes into these: keep them alive
+        self.kv = engine.depth.kv  # the graph writes into it: keep it alive
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up kernels and allocator outside the graph
-                engine._depth(self.hidden, self.noise, self.scale, self.kth)
+                engine._depth(self.hidden, self.noise, self.scale)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.codes = engine._depth(self.hidden, self.noise, self.scale, self.kth)
+            self.codes = engine._depth(self.hidden, self.noise, self.scale)
 
-    def __call__(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor,
-                 kth: torch.Tensor) -> torch.Tensor:
-        self.hidden.copy_(hidden)
-        self.noise.copy_(noise)
-        self.scale.copy_(scale)
-        self.kth.copy_(kth)
+    def __call__(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        rows = len(hidden)
+        self.hidden[:rows].copy_(hidden)
+        self.noise[:rows].copy_(noise)
+        self.scale[:rows].copy_(scale)
         self.graph.replay()
-        return self.codes.clone()
+        return self.codes[:rows].clone()

@@ -10,13 +10,17 @@ It runs the modules of a transformers `CsmForConditionalGeneration` layer by lay
   that frame is not audio) or at its own frame cap, is handed on at once (`on_row`), and its batch slot is taken by
   the next row the caller's `refill` hands over, prefilled after its own prefix while the others go on; without
   rows to refill, finished rows are dropped from the batch (CPU) so they cost nothing;
-- one backbone step and 31 depth-decoder steps per 80 ms frame, sampling with temperature / top-k by the exponential
-  race (argmax of p / E, E ~ Exp(1)): each row draws its noise from its own `torch.Generator`, so a row's sample
-  depends on its seed and its logits only, never on which rows share its batch. Top-k 1 is greedy (noise of ones);
-  ids the codec cannot decode are never sampled;
-- on CUDA the 31 depth-decoder steps and the sampling of one frame are replayed as one CUDA graph (captured per batch
-  size, worker/models/depth_graph.py; eager again if capture fails); the batch then keeps its size (free slots are
-  decoded and ignored) so one graph serves the whole run.
+- one backbone step and 31 depth-decoder steps per 80 ms frame, with few operators each (worker/models/stack.py:
+  fused weights, one rotary and one cache write per layer), sampling with temperature / top-k by the Gumbel race
+  over each row's top k candidates (argmax of log p - log E, E ~ Exp(1)): each row draws its k noises per codebook
+  from its own `torch.Generator`, so a row's sample depends on its seed and its logits only, never on which rows
+  share its batch. Top-k 1 is greedy; ids the codec cannot decode are never sampled;
+- no host sync in the steady state: cache positions, frames kept and end flags stay on the device (slots.py); the
+  host reads the end state every `check_every` frames (or at a row's cap), so a row's end is seen up to
+  check_every - 1 frames late, and the frames it made after its end frame are never kept;
+- on CUDA the 31 depth-decoder steps and the sampling of one frame are replayed as one CUDA graph (captured per
+  batch-size and top-k bucket, least recently used evicted, worker/models/depth_graph.py; eager again if capture
+  fails); the batch then keeps its size (free slots are decoded and ignored) so one graph serves the whole run.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from worker.models.depth_graph import DepthGraph
+from worker.models.depth_graph import DepthGraph, GraphCache, batch_bucket, k_bucket
 from worker.models.slots import Row, Sampling, Slots
 from worker.models.stack import Stack, fp32_rotary
 
@@ -39,7 +44,8 @@ log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25  # drop finished rows once this share of the batch has finished (and none waits)
 MAX_PREFIXES = 16  # prefixes' K/V kept within one run, for the rows refilled after them
-MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch size x top-k); batches across jobs vary in size
+MAX_GRAPHS = 16  # captured depth-decoder graphs kept (batch-size bucket x top-k bucket), least recently used out
+CHECK_EVERY = 8  # frames between reads of the rows' end state, the loop's one host sync: an end is seen <= 7 late
 
 OnRow = Callable[[Row, torch.Tensor], None]  # (row, its codes [frames, codebooks]) as the row ends
 OnFrame = Callable[[Row, torch.Tensor], None]  # (row, the codes [codebooks] of the frame it just made)
@@ -65,7 +71,7 @@ def on_device(device: torch.device | str) -> AbstractContextManager[Any]:
 class CsmEngine:
     """Batched CSM decoding on one device; the model's backbone and depth decoder in `dtype`, the codec in fp32."""
 
-    def __init__(self, model: Any, use_cuda_graphs: bool | None = None) -> None:
+    def __init__(self, model: Any, use_cuda_graphs: bool | None = None, check_every: int = CHECK_EVERY) -> None:
         self.model = model
         self.config = model.config
         weight = model.lm_head.weight
@@ -79,10 +85,16 @@ class CsmEngine:
         self.suppress = torch.zeros(self.vocab, device=self.device)
         self.suppress[int(self.config.codec_config.codebook_size):] = float("-inf")
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
-        self.depth_positions = torch.arange(self.codebooks, device=self.device)[None]
+        self.depth_embeds = model.depth_decoder.model.embed_tokens.weight  # [codebooks x vocab, backbone hidden]
+        self.check_every = max(1, check_every)
+        self._open = torch.zeros((), device=self.device, dtype=self.dtype)  # float attention mask: may attend
+        self._shut = torch.full((), float("-inf"), device=self.device, dtype=self.dtype)
         self.kmax = 1
-        self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self._graphs: dict[tuple[int, int], Any] = {}
+        self.top_k: list[int] = []  # per slot: candidates its row samples from (1: greedy or free)
+        self.ranks = torch.zeros(0, 1, device=self.device)  # [B, kmax]: 0 for a row's top-k candidates, else -inf
+        self._pinned: torch.Tensor | None = None
+        self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._graphs = GraphCache(MAX_GRAPHS)
         self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
 
     # ---- prompts -------------------------------------------------------------------------------------------------
@@ -153,50 +165,68 @@ class CsmEngine:
         slots = Slots(self.device, self.codebooks)
         self.backbone.allocate(0, 0)
         self._prefix_kv = {}
-        hidden = self._admit(slots, rows, None, size)
+        every = 1 if on_frame is not None else self.check_every  # frames are streamed as they are made
+        hidden, made = self._admit(slots, rows, None, size), 0
         while hidden is not None:
-            codes = self._frame(hidden, self._noise(slots.generators), slots.scale, slots.kth)
-            going = self._advance(slots, codes, on_row, on_frame)
+            codes = self._frame(hidden, self._noise(slots), slots.scale)
+            slots.store(codes, (codes[:, :-1] == self.eos).all(-1))
+            made += 1
+            capped = any(row is not None and slots.frames[i] >= row.cap for i, row in enumerate(slots.rows))
+            if capped or made % every == 0:
+                self._check(slots, codes, on_row, on_frame)
+            going = slots.live()
             free = size - len(going)
             new = refill(free) if refill is not None and free > 0 else []
             assert len(new) <= free, f"refill handed over {len(new)} rows for {free} free slots"
             if not going and not new:
                 return
             if not new and self._compact(len(going), len(slots)):
-                codes = codes[torch.tensor(going, device=self.device)]
+                index = torch.tensor(going, device=self.device)
+                codes = codes[index]
                 slots.keep(going)
-                self.backbone.keep(torch.tensor(going, device=self.device))
-                going = list(range(len(going)))
-            hidden = self._step(slots, codes, going) if going else None
+                self.backbone.keep(index)
+                self._rank(slots)
+            hidden = self._step(slots, codes) if going else None
             hidden = self._admit(slots, new, hidden, size) if new else hidden
 
-    def _advance(self, slots: Slots, codes: torch.Tensor, on_row: OnRow, on_frame: OnFrame | None) -> list[int]:
-        """Keep each live row's new frame; hand on the rows that ended or reached their cap; the slots going on."""
-        ended = (codes[:, :-1] == self.eos).all(-1).tolist()
-        kept = [i for i in slots.live() if not ended[i]]
-        slots.store(codes, kept)
+    def _check(self, slots: Slots, codes: torch.Tensor, on_row: OnRow, on_frame: OnFrame | None) -> None:
+        """Read the end state of every row (the loop's one host sync, every `check_every` frames or at a row's
+        cap); hand on the rows that ended (their frames after the end frame were never kept) or reached their cap.
+        With `on_frame` this runs every frame and hands each kept frame on first."""
+        kept, done = self._read(slots.state)
+        live = slots.live()
         if on_frame is not None:
-            for i in kept:
-                on_frame(slots.rows[i], codes[i])  # type: ignore[arg-type]
-        going = []
-        for i in slots.live():
+            for i in live:
+                if not done[i]:
+                    on_frame(slots.rows[i], codes[i])  # type: ignore[arg-type]
+        for i in live:
             row = slots.rows[i]
             assert row is not None
-            if ended[i] or slots.frames[i] >= row.cap:
-                on_row(*slots.release(i))
-            else:
-                going.append(i)
-        return going
+            if done[i] or slots.frames[i] >= row.cap:
+                on_row(*slots.release(i, kept[i]))
 
-    def _step(self, slots: Slots, codes: torch.Tensor, going: list[int]) -> torch.Tensor:
-        """One backbone step for every slot (each row at its own cache slot); the rows `going` move on a frame."""
-        lengths = torch.tensor(slots.lengths, device=self.device)
+    def _read(self, state: torch.Tensor) -> list[list[int]]:
+        """The host's copy of `state`: on CUDA through pinned memory, a non-blocking copy waited for by its event."""
+        if self.device.type != "cuda":
+            return state.tolist()
+        if self._pinned is None or self._pinned.shape != state.shape:
+            self._pinned = torch.empty(state.shape, dtype=state.dtype, pin_memory=True)
+        self._pinned.copy_(state, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        copied.synchronize()
+        return self._pinned.tolist()
+
+    def _step(self, slots: Slots, codes: torch.Tensor) -> torch.Tensor:
+        """One backbone step for every slot, each row at its own cache slot, all indices on the device; one float
+        attention mask for all layers."""
+        position = slots.position
         keys = torch.arange(max(slots.lengths) + 1, device=self.device)
-        mask = (keys[None] <= lengths[:, None])[:, None, None]
+        mask = torch.where(keys <= position[:, None], self._open, self._shut)[:, None, None]
         embeds = self.model.backbone_model.embed_tokens(codes[:, None, :])
-        hidden = self.backbone.forward(embeds, lengths[:, None], lengths, mask)[:, -1]
-        for i in going:
-            slots.lengths[i] += 1
+        rotary = self.backbone.rotary(position[:, None])
+        hidden = self.backbone.forward(embeds, rotary, position, mask, slots.index)[:, -1]
+        slots.moved()
         return hidden
 
     def _admit(self, slots: Slots, rows: list[Row], hidden: torch.Tensor | None, size: int) -> torch.Tensor | None:
@@ -207,9 +237,9 @@ class CsmEngine:
         batch = len(slots) + len(rows) - len(free)
         if self.use_cuda_graphs:  # one batch size for the whole run: one graph
             batch = max(batch, size)
-        width = max([row.length + row.cap for row in rows] + [self.backbone.k.shape[3]])
+        width = max([row.length + row.cap for row in rows] + [self.backbone.width])
         slots.grow(batch, max(row.cap for row in rows))
-        if (len(slots), width) != (self.backbone.k.shape[1], self.backbone.k.shape[3]):
+        if (len(slots), width) != (self.backbone.batch, self.backbone.width):
             self.backbone.resize(len(slots), width)
         free += slots.free()[len(free): len(rows)]
         prefilled = self._prefill_rows(rows, free)
@@ -218,14 +248,21 @@ class CsmEngine:
             out[: len(hidden)] = hidden
         out[torch.tensor(free, device=self.device)] = prefilled
         for slot, row in zip(free, rows, strict=True):
-            slots.place(slot, row, self._generator(row.sampling), self.vocab)
-        self.kmax = max(1 if r.sampling.greedy else min(r.sampling.top_k, self.vocab) for r in slots.rows if r)
+            slots.place(slot, row, self._generator(row.sampling))
+        self._rank(slots)
         return out
+
+    def _rank(self, slots: Slots) -> None:
+        """Each slot's top-k (1: greedy or free), their largest, and the mask of each row's candidates."""
+        self.top_k = [1 if r is None or r.sampling.greedy else min(r.sampling.top_k, self.vocab) for r in slots.rows]
+        self.kmax = k_bucket(max(self.top_k), self.vocab)  # few widths: few graphs
+        candidates = torch.arange(self.kmax, device=self.device) < torch.tensor(self.top_k, device=self.device)[:, None]
+        self.ranks = torch.zeros(candidates.shape, device=self.device).masked_fill_(~candidates, float("-inf"))
 
     def _prefill_rows(self, rows: list[Row], slots: list[int]) -> torch.Tensor:
         """Prefill `rows` together (each prompt right-aligned after the longest prefix), then copy each row's K/V
         contiguous into its slot of the batch cache; the last hidden state of each [len(rows), H]."""
-        batch_k, batch_v = self.backbone.k, self.backbone.v
+        batch_kv = self.backbone.kv
         prefix_len, width = max(r.prefix_len for r in rows), max(len(r.prompt) for r in rows)
         self.backbone.allocate(len(rows), prefix_len + width)
         valid = torch.zeros(len(rows), prefix_len + width, dtype=torch.bool, device=self.device)
@@ -234,11 +271,11 @@ class CsmEngine:
             valid[i, prefix_len + width - len(row.prompt):] = True
         self._prefill_prefixes([r.prefix for r in rows])
         hidden = self._prefill(rows, prefix_len, width, valid)
+        rows_kv = self.backbone.kv
         for i, (row, slot) in enumerate(zip(rows, slots, strict=True)):
-            for batch, rows_kv in ((batch_k, self.backbone.k), (batch_v, self.backbone.v)):
-                batch[:, slot, :, : row.prefix_len] = rows_kv[:, i, :, : row.prefix_len]
-                batch[:, slot, :, row.prefix_len: row.length] = rows_kv[:, i, :, prefix_len + width - len(row.prompt):]
-        self.backbone.k, self.backbone.v = batch_k, batch_v
+            batch_kv[:, slot, :, : row.prefix_len] = rows_kv[:, i, :, : row.prefix_len]
+            batch_kv[:, slot, :, row.prefix_len: row.length] = rows_kv[:, i, :, prefix_len + width - len(row.prompt):]
+        self.backbone.kv = batch_kv
         return hidden
 
     def _compact(self, live: int, batch: int) -> bool:
@@ -248,7 +285,7 @@ class CsmEngine:
     def _prefill_prefixes(self, prefixes: list[torch.Tensor | None]) -> None:
         """Each distinct prefix once per run, at batch 1 (kept for rows refilled after it later in the run); its K/V
         are copied into the rows it leads."""
-        rows_k, rows_v = self.backbone.k, self.backbone.v
+        rows_kv = self.backbone.kv
         rows_of: dict[int, list[int]] = {}
         for row, prefix in enumerate(prefixes):
             if prefix is not None and len(prefix):
@@ -261,13 +298,11 @@ class CsmEngine:
                     del self._prefix_kv[next(iter(self._prefix_kv))]
                 self.backbone.allocate(1, len(prefix))
                 positions = torch.arange(len(prefix), device=self.device)[None]
-                self.backbone.forward(prefix.to(self.dtype)[None], positions, 0, None)
-                self._prefix_kv[key] = (prefix, self.backbone.k, self.backbone.v)  # the tensor: its id stays its own
-            _, k, v = self._prefix_kv[key]
-            index = torch.tensor(rows, device=self.device)
-            rows_k[:, index, :, : len(prefix)] = k
-            rows_v[:, index, :, : len(prefix)] = v
-        self.backbone.k, self.backbone.v = rows_k, rows_v
+                self.backbone.forward(prefix.to(self.dtype)[None], self.backbone.rotary(positions), 0, None)
+                self._prefix_kv[key] = (prefix, self.backbone.kv)  # the tensor: its id stays its own
+            _, kv = self._prefix_kv[key]
+            rows_kv[:, torch.tensor(rows, device=self.device), :, : len(prefix)] = kv
+        self.backbone.kv = rows_kv
 
     def _prefill(self, rows: list[Row], prefix_len: int, width: int, valid: torch.Tensor) -> torch.Tensor:
         """Each row's own prompt, right-aligned after the prefixes; the last hidden state of every row [B, H]."""
@@ -278,7 +313,7 @@ class CsmEngine:
         slots = torch.arange(prefix_len + width, device=self.device)
         queries = slots[prefix_len:, None]
         mask = ((slots[None] <= queries)[None] & valid[:, None]) | (slots[None] == queries)[None]
-        return self.backbone.forward(x, positions, prefix_len, mask[:, None])[:, -1]
+        return self.backbone.forward(x, self.backbone.rotary(positions), prefix_len, mask[:, None])[:, -1]
 
     # ---- one frame -----------------------------------------------------------------------------------------------
 
@@ -292,59 +327,63 @@ class CsmEngine:
             generator.seed()
         return generator
 
-    def _noise(self, generators: list[torch.Generator | None]) -> torch.Tensor:
-        """E ~ Exp(1) per row, codebook and id, from the row's own generator; ones (greedy) where it has none."""
-        noise = torch.ones(len(generators), self.codebooks, self.vocab, device=self.device)
-        for i, generator in enumerate(generators):
+    def _noise(self, slots: Slots) -> torch.Tensor:
+        """Gumbel noise for each row's top-k candidates [B, codebooks, kmax]: -log E, E ~ Exp(1) drawn by the row's
+        own generator (its k per codebook, whatever shares the batch), -inf past its k; 0 for greedy rows."""
+        noise = torch.ones(len(slots), self.codebooks, self.kmax, device=self.device)
+        for i, generator in enumerate(slots.generators):
             if generator is not None:
-                noise[i].exponential_(generator=generator)
-        return noise
+                draw = torch.empty(self.codebooks, self.top_k[i], device=self.device)
+                noise[i, :, : self.top_k[i]] = draw.exponential_(generator=generator)
+        return self.ranks[:, None] - noise.log()
 
-    def _pick(self, logits: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
-        """Temperature, top-k and the codec's ids, then the exponential race: argmax(log p - log E)."""
-        scores = logits.float() * scale + self.suppress
-        threshold = scores.topk(self.kmax, dim=-1).values.gather(-1, kth)
-        scores = scores.masked_fill(scores < threshold, float("-inf"))
-        return (scores - noise.log()).argmax(-1)
+    def _pick(self, logits: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Temperature and the codec's ids, top-k, then the Gumbel race over the candidates: argmax(log p + G)."""
+        scores = torch.addcmul(self.suppress, logits.float(), scale)
+        if self.kmax == 1:
+            return scores.argmax(-1)
+        top = scores.topk(self.kmax, dim=-1)
+        return top.indices.gather(-1, (top.values + noise).argmax(-1, keepdim=True))[:, 0]
 
-    def _frame(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+    def _frame(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The codes of one frame [B, codebooks] from the backbone's last hidden state [B, H]."""
         if self.use_cuda_graphs:
             graph = self._graph(hidden.shape[0])
             if graph is not None:
-                return graph(hidden, noise, scale, kth)
-        if self.depth.k.shape[1:2] != hidden.shape[:1]:
+                return graph(hidden, noise, scale)
+        if self.depth.batch != hidden.shape[0]:
             self.depth.allocate(hidden.shape[0], self.codebooks)
-        return self._depth(hidden, noise, scale, kth)
+        return self._depth(hidden, noise, scale)
 
-    def _depth(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+    def _depth(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Codebook 0 from the backbone, then 31 depth-decoder steps; static shapes, no host sync (graph-safe)."""
-        decoder, positions = self.model.depth_decoder.model, self.depth_positions
-        code = self._pick(self.model.lm_head(hidden), noise[:, 0], scale, kth)
+        projector, vocab = self.model.depth_decoder.model.inputs_embeds_projector, self.vocab
+        cos, sin = self.depth.cos[:, None], self.depth.sin[:, None]  # [positions, 1, heads, head dim]
+        code = self._pick(self.model.lm_head(hidden), noise[:, 0], scale)
         codes = [code]
-        x = decoder.inputs_embeds_projector(torch.stack([hidden, decoder.embed_tokens(code)], dim=1))
-        out = self.depth.forward(x, positions[:, :2], 0, None)
+        x = projector(torch.stack([hidden, F.embedding(code, self.depth_embeds[:vocab])], dim=1))
+        out = self.depth.forward(x, (cos[:2].transpose(0, 1), sin[:2].transpose(0, 1)), 0, None)
         for j in range(1, self.codebooks):
-            code = self._pick(out[:, -1] @ self.heads[j - 1], noise[:, j], scale, kth)
+            code = self._pick(out[:, -1] @ self.heads[j - 1], noise[:, j], scale)
             codes.append(code)
             if j < self.codebooks - 1:
-                x = decoder.inputs_embeds_projector(decoder.embed_tokens(code + j * self.vocab))[:, None]
-                out = self.depth.forward(x, positions[:, j + 1: j + 2], j + 1, None)
+                x = projector(F.embedding(code, self.depth_embeds[j * vocab: (j + 1) * vocab]))[:, None]
+                out = self.depth.forward(x, (cos[j + 1][None], sin[j + 1][None]), j + 1, None)
         return torch.stack(codes, dim=1)
 
     def _graph(self, batch: int) -> Any:
-        key = (batch, self.kmax)
-        if key not in self._graphs and len(self._graphs) >= MAX_GRAPHS:  # each holds its own memory pool
-            del self._graphs[next(iter(self._graphs))]
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = DepthGraph(self, batch)
-            except Exception as e:  # capture is an optimization: never a reason to fail a job
-                failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
-                log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
-                self.graph_failures = [*self.graph_failures[-7:], failure]
-                self._graphs[key] = None
-        return self._graphs[key]
+        """The captured graph for `batch` rows (its batch-size bucket and the top-k width), None if capture failed."""
+        size = batch_bucket(batch)
+        return self._graphs.get((size, self.kmax), lambda: self._capture(size))
+
+    def _capture(self, batch: int) -> Any:
+        try:
+            return DepthGraph(self, batch)
+        except Exception as e:  # capture is an optimization: never a reason to fail a job
+            failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
+            log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
+            self.graph_failures = [*self.graph_failures[-7:], failure]
+            return None
 
     # ---- audio ---------------------------------------------------------------------------------------------------
 

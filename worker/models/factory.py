@@ -32,6 +32,8 @@ def create_csm_model(
     settings = settings or Settings()
     model = _create(model_path, device, use_placeholder, settings)
     model.batch_size = settings.batch_size
+    if isinstance(model, CSMModel) and model.engine is not None:
+        model.engine.check_every = settings.end_check_frames
     return model
 
 

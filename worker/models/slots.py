@@ -53,10 +53,14 @@ class Slots:
         self.rows: list[Row | None] = []
         self.generators: list[torch.Generator | None] = []
         self.lengths: list[int] = []  # cache slots filled = the position of the row's next input
-        self.frames: list[int] = []  # frames kept so far
+        self.frames: list[int] = []  # frames made so far (the host's count: kept, or after an end frame not yet seen)
         self.scale = torch.ones(0, 1, device=device)  # 1 / temperature
-        self.kth = torch.zeros(0, 1, dtype=torch.long, device=device)  # top-k - 1
         self.out = torch.zeros(0, 0, codebooks, dtype=torch.long, device=device)  # [B, frames, codebooks] kept
+        # On the device, so a frame needs no host sync: [0] frames kept (where the next frame goes), [1] 1 once the
+        # row made its end frame (free slots too: they keep nothing); the host reads it every few frames.
+        self.state = torch.zeros(2, 0, dtype=torch.long, device=device)
+        self.position = torch.zeros(0, dtype=torch.long, device=device)  # cache slot of each row's next input
+        self.index = torch.zeros(0, dtype=torch.long, device=device)  # arange(B)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,18 +80,21 @@ class Slots:
             self.lengths += [0] * extra
             self.frames += [0] * extra
             self.scale = torch.cat([self.scale, torch.ones(extra, 1, device=self.device)])
-            self.kth = torch.cat([self.kth, torch.zeros(extra, 1, dtype=torch.long, device=self.device)])
+            fresh = torch.tensor([[0], [1]], device=self.device).expand(2, extra)
+            self.state = torch.cat([self.state, fresh], dim=1)
+            self.position = torch.cat([self.position, torch.zeros(extra, dtype=torch.long, device=self.device)])
+            self.index = torch.arange(len(self.rows), device=self.device)
         if extra > 0 or frames > self.out.shape[1]:
             out = self.out.new_zeros(len(self.rows), max(frames, self.out.shape[1]), self.out.shape[2])
             out[: self.out.shape[0], : self.out.shape[1]] = self.out
             self.out = out
 
-    def place(self, slot: int, row: Row, generator: torch.Generator | None, vocab: int) -> None:
-        greedy = row.sampling.greedy
+    def place(self, slot: int, row: Row, generator: torch.Generator | None) -> None:
         self.rows[slot], self.generators[slot] = row, generator
         self.lengths[slot], self.frames[slot] = row.length, 0
-        self.scale[slot] = 1.0 if greedy else 1.0 / row.sampling.temperature
-        self.kth[slot] = 0 if greedy else min(row.sampling.top_k, vocab) - 1
+        self.scale[slot] = 1.0 if row.sampling.greedy else 1.0 / row.sampling.temperature
+        self.state[:, slot] = 0
+        self.position[slot] = row.length
 
     def keep(self, slots: list[int]) -> None:
         """Only these slots, in this order."""
@@ -96,21 +103,33 @@ class Slots:
         self.generators = [self.generators[i] for i in slots]
         self.lengths = [self.lengths[i] for i in slots]
         self.frames = [self.frames[i] for i in slots]
-        self.scale, self.kth, self.out = self.scale[index], self.kth[index], self.out[index]
+        self.scale, self.out = self.scale[index], self.out[index]
+        self.state, self.position = self.state[:, index], self.position[index]
+        self.index = torch.arange(len(slots), device=self.device)
 
-    def store(self, codes: torch.Tensor, slots: list[int]) -> None:
-        """Keep codes [B, codebooks] of one frame for these slots."""
-        if slots:
-            index = torch.tensor(slots, device=self.device)
-            at = torch.tensor([self.frames[i] for i in slots], device=self.device)
-            self.out[index, at] = codes[index]
-            for i in slots:
+    def store(self, codes: torch.Tensor, ended: torch.Tensor) -> None:
+        """Keep codes [B, codebooks] of one frame in every slot whose row has not ended (`ended` [B]: this frame
+        is its end frame), all on the device; the host counts the frames each row has stepped."""
+        kept, done = self.state[0], self.state[1]
+        done.bitwise_or_(ended)
+        self.out.index_put_((self.index, kept), codes)  # past the kept frames where a row has ended: ignored
+        kept.add_(1 - done)
+        for i, row in enumerate(self.rows):
+            if row is not None:
                 self.frames[i] += 1
 
-    def release(self, slot: int) -> tuple[Row, torch.Tensor]:
-        """The row of `slot` and its codes [frames, codebooks]; the slot is free again."""
+    def moved(self) -> None:
+        """The rows still going moved one cache slot on (after the backbone step)."""
+        self.position.add_(1 - self.state[1])
+        for i, row in enumerate(self.rows):
+            if row is not None:
+                self.lengths[i] += 1
+
+    def release(self, slot: int, kept: int) -> tuple[Row, torch.Tensor]:
+        """The row of `slot` and the `kept` frames of codes [frames, codebooks] it made; the slot is free again."""
         row = self.rows[slot]
         assert row is not None
-        codes = self.out[slot, : self.frames[slot]].clone()
+        codes = self.out[slot, :kept].clone()
         self.rows[slot], self.generators[slot] = None, None
+        self.state[0, slot], self.state[1, slot] = 0, 1  # a free slot's frames go to its row 0, never past the end
         return row, codes
