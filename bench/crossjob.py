@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +117,9 @@ def long_text(chunks: int, chars: int) -> str:
     return " ".join(sentences)
 
 
-def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continuous: bool) -> dict[str, float]:
-    """One long job, then the short jobs one every --gap-s while it runs; completion times and jobs/s."""
+def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continuous: bool) -> dict[str, Any]:
+    """One long job, then the short jobs one every --gap-s while it runs; completion times, jobs/s, and where the
+    short jobs' time went (from the worker's log)."""
     env = {"ECHOFORGE_CONTINUOUS_BATCHING": str(continuous).lower(), "ECHOFORGE_BATCH_SIZE": str(args.batch),
            "ECHOFORGE_MAX_CHUNK_CHARS": str(args.chunk_chars), "ECHOFORGE_FIRST_CHUNK_CHARS": "0",
            **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
@@ -138,39 +141,105 @@ def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continu
         assert finals[long_id].progress["chunks_total"] >= args.long_chunks * 0.9, finals[long_id].progress
         waits = sorted((finals[j].finished_at or 0.0) - at for j, at in short)
         end = max(f.finished_at or 0.0 for f in finals.values())
+        phases = short_job_phases(worker.log(), [(j, at, finals[j].finished_at or 0.0) for j, at in short])
         return {"p50": statistics.median(waits), "p95": waits[min(len(waits) - 1, round(0.95 * len(waits)) - 1)],
                 "jobs_per_s": len(finals) / (end - t0), "long_s": (finals[long_id].finished_at or 0.0) - t0,
-                "long_chunks": finals[long_id].progress["chunks_total"]}
+                "long_chunks": finals[long_id].progress["chunks_total"], **phases}
     finally:
         worker.stop()
 
 
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] job (\S+): (.*)$", re.M)
+_PHASE_MARKS = {"first": "chunk 0 started (attempt 1)", "retry": "chunk 0 started (attempt 2)",
+                "stored": "chunk 0 generated"}
+
+
+def short_job_phases(log: str, jobs: list[tuple[str, float, float]]) -> dict[str, float]:
+    """Median seconds of a short job (one chunk, tried twice) in each phase, from the worker's log timestamps:
+    submitted -> its first try started (queue, planning and, under continuous batching, the wait for a slot; a static
+    batcher logs the start when the job hands the text over, so there the batch's wait counts as generation) ->
+    its retry started (first generation) -> stored (retry) -> finished (stitch, upload, ack)."""
+    marks: dict[tuple[str, str], float] = {}
+    for stamp, job_id, message in _LINE.findall(log):
+        for mark, text in _PHASE_MARKS.items():
+            if message.startswith(text):
+                marks.setdefault((job_id, mark), datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    phases: dict[str, list[float]] = {"to_first_start_s": [], "first_try_s": [], "retry_s": [], "finish_s": []}
+    for job_id, submitted, finished in jobs:
+        if all((job_id, mark) in marks for mark in _PHASE_MARKS):
+            times = [submitted, *(marks[job_id, mark] for mark in _PHASE_MARKS), finished]
+            for name, start, stop in zip(phases, times, times[1:], strict=False):
+                phases[name].append(stop - start)
+    return {name: statistics.median(values) for name, values in phases.items() if values}
+
+
+FIGURES = {"short_p50_s": "p50", "short_p95_s": "p95", "jobs_per_s": "jobs_per_s", "long_job_s": "long_s",
+           "short_to_first_start_s": "to_first_start_s", "short_first_try_s": "first_try_s",
+           "short_retry_s": "retry_s", "short_finish_s": "finish_s"}
+RATIOS = {"short_p50_ratio": "p50", "short_p95_ratio": "p95", "jobs_per_s_ratio": "jobs_per_s"}
+
+
 def mixed(args: argparse.Namespace) -> None:
+    """--repeats pairs of rounds, static and continuous back to back, their order alternated to cancel drift."""
+    rounds: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     with services.bench_services() as (tmp, redis_url, s3_url):
         checkpoint = save_checkpoint(tmp / args.model, args.model)
         settings = Settings(redis_url=redis_url, storage_url="s3://bench/narrations", s3_endpoint_url=s3_url,
                             model_path=str(checkpoint), device=args.device, allow_placeholder=False)
-        rounds = {}
-        for continuous in (False, True):
-            rounds[continuous] = mixed_round(settings, tmp, args, continuous)
-            print(f"{'continuous' if continuous else 'static'}: {json.dumps(rounds[continuous])}", file=sys.stderr,
-                  flush=True)
-    static, cont = rounds[False], rounds[True]
-    figures = {"static_short_p50_s": static["p50"], "continuous_short_p50_s": cont["p50"],
-               "static_short_p95_s": static["p95"], "continuous_short_p95_s": cont["p95"],
-               "static_jobs_per_s": static["jobs_per_s"], "continuous_jobs_per_s": cont["jobs_per_s"],
-               "static_long_job_s": static["long_s"], "continuous_long_job_s": cont["long_s"],
-               "long_job_chunks": cont["long_chunks"], "short_jobs": args.short_jobs, "batch": args.batch,
-               "chunk_chars": args.chunk_chars, "threads": args.threads,
-               "model": args.model, "device": args.device}
-    figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+        for repeat in range(args.repeats):
+            for continuous in (False, True) if repeat % 2 == 0 else (True, False):
+                load_before = os.getloadavg()[0]
+                result = mixed_round(settings, tmp, args, continuous)
+                result.update(repeat=repeat, load_before=load_before, load_after=os.getloadavg()[0])
+                rounds[continuous].append(result)
+                print(f"repeat {repeat + 1}, {'continuous' if continuous else 'static'}: "
+                      f"{json.dumps({k: round(v, 3) for k, v in result.items()})}", file=sys.stderr, flush=True)
+    figures = mixed_figures(rounds[False], rounds[True])
+    figures.update(long_job_chunks=rounds[True][0]["long_chunks"], short_jobs=args.short_jobs, batch=args.batch,
+                   chunk_chars=args.chunk_chars, threads=args.threads, model=args.model, device=args.device)
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"short jobs, p50: static {static['p50']:.2f} s, continuous {cont['p50']:.2f} s "
-          f"({cont['p50'] / static['p50']:.2f}x); p95: {static['p95']:.2f} s vs {cont['p95']:.2f} s")
-    print(f"jobs/s: static {static['jobs_per_s']:.4f}, continuous {cont['jobs_per_s']:.4f} "
-          f"({cont['jobs_per_s'] / static['jobs_per_s']:.2f}x)")
+    print_mixed(figures)
+
+
+def mixed_figures(static: list[dict[str, Any]], cont: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median (the --json keys), min/max and per-repeat list, of both rounds and of their ratios."""
+    series: dict[str, list[float]] = {}
+    for mode, results in (("static", static), ("continuous", cont)):
+        for key, field_ in FIGURES.items():
+            if all(field_ in r for r in results):
+                series[f"{mode}_{key}"] = [r[field_] for r in results]
+        series[f"{mode}_load_before"] = [r["load_before"] for r in results]
+        series[f"{mode}_load_after"] = [r["load_after"] for r in results]
+    for key, field_ in RATIOS.items():
+        series[key] = [c[field_] / s[field_] for s, c in zip(static, cont, strict=True)]
+    figures: dict[str, Any] = {"repeats": len(static)}
+    for key, values in series.items():
+        figures[key] = round(statistics.median(values), 3)
+        figures[f"{key}_min"], figures[f"{key}_max"] = round(min(values), 3), round(max(values), 3)
+    figures["per_repeat"] = {key: [round(v, 3) for v in values] for key, values in series.items()}
+    return figures
+
+
+def print_mixed(f: dict[str, Any]) -> None:
+    def line(key: str) -> str:
+        return f"{f[key]:.2f} ({f[key + '_min']:.2f}-{f[key + '_max']:.2f})"
+
+    print(f"medians of {f['repeats']} repeats (min-max); load average (1 min) before/after each round: static "
+          f"{f['per_repeat']['static_load_before']}/{f['per_repeat']['static_load_after']}, continuous "
+          f"{f['per_repeat']['continuous_load_before']}/{f['per_repeat']['continuous_load_after']}")
+    print(f"short jobs, p50: static {line('static_short_p50_s')} s, continuous {line('continuous_short_p50_s')} s, "
+          f"ratio {line('short_p50_ratio')}x (target <= 0.33)")
+    print(f"short jobs, p95: static {line('static_short_p95_s')} s, continuous {line('continuous_short_p95_s')} s, "
+          f"ratio {line('short_p95_ratio')}x")
+    print(f"jobs/s: static {line('static_jobs_per_s')}, continuous {line('continuous_jobs_per_s')}, "
+          f"ratio {line('jobs_per_s_ratio')}x (target >= 1)")
+    print(f"long job: static {line('static_long_job_s')} s, continuous {line('continuous_long_job_s')} s")
+    for mode in ("static", "continuous"):
+        parts = [f"{name} {f[f'{mode}_short_{name}_s']:.2f} s" for name in ("to_first_start", "first_try", "retry",
+                                                                             "finish") if f"{mode}_short_{name}_s" in f]
+        print(f"a short job's time, {mode} (medians): {', '.join(parts)}")
 
 
 def main() -> None:
@@ -190,6 +259,8 @@ def main() -> None:
     parser.add_argument("--lead-s", type=float, default=10.0, help="the long job's head start")
     parser.add_argument("--gap-s", type=float, default=8.0, help="between short jobs")
     parser.add_argument("--json", action="store_true", help="--mixed: one JSON object")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--mixed: pairs of rounds (static and continuous, order alternated); medians reported")
     args = parser.parse_args()
     args.model = args.model or ("small-random" if args.mixed else "mid-random")
     if args.mixed:

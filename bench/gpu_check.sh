@@ -92,7 +92,7 @@ step "generation, batch 8" 70 "${GEN[@]}" --batch 8 --skip naive
 step "generation, batch 32" 70 "${GEN[@]}" --batch 32 --skip naive
 step "generation, batch 64" 80 "${GEN[@]}" --batch 64 --skip naive
 step "crossjob" 120 "$PY" bench/crossjob.py --device cuda --jobs 8 --figures
-step "crossjob mixed" 150 "$PY" bench/crossjob.py --mixed --device cuda --model mid-random --json
+step "crossjob mixed" 150 "$PY" bench/crossjob.py --mixed --repeats 1 --device cuda --model mid-random --json
 
 echo "== figures ($(grep -c . "$FIGURES") lines)" >&2
 if [ -n "${OUT:-}" ]; then

@@ -147,13 +147,13 @@ def report(final: Any, wall: float, log: str) -> None:
     import re
 
     assert final.state is JobState.SUCCEEDED and final.result, final.error
-    batches = [(float(s), float(a)) for s, a in re.findall(
-        rf"job {final.id}: \d+ chunks \(attempt \d\) generated together in ([\d.]+) s, ([\d.]+) s of audio", log)]
-    generation = sum(s for s, _ in batches)
-    generated_audio = sum(a for _, a in batches)
+    streams = [(float(s), float(a)) for s, a in re.findall(
+        rf"job {final.id}: \d+ chunks \(\d+ tries\) generated in ([\d.]+) s, ([\d.]+) s of audio", log)]
+    generation = sum(s for s, _ in streams)
+    generated_audio = sum(a for _, a in streams)
     audio = final.result["duration_s"]
     print(f"{final.result['chunks']} chunks, {audio:.1f} s delivered ({generated_audio:.1f} s generated in "
-          f"{len(batches)} batches, retries included)")
+          f"{len(streams)} streams, retries included)")
     print(f"wall {wall:.1f} s, generation {generation:.1f} s: wall / generation = {wall / generation:.3f} "
           "(target <= 1.25)")
     print(f"engine aggregate RTF in the pipeline {generation / generated_audio:.3f}; "

@@ -6,8 +6,9 @@ generation thread. Should that thread itself die, every waiting and later reques
 Continuous (ECHOFORGE_CONTINUOUS_BATCHING, the default): the generation thread runs the model for as long as any job
 has texts waiting, up to `batch_size` at once; as a text ends, its job hears of it and its slot goes to the next
 waiting text of the job with the fewest running (worker/feeds.py), so a one-sentence job starts at the next free slot
-instead of waiting behind a chapter's batch. A request the model refuses fails only its job; a failure mid-run fails
-the jobs with texts in flight.
+instead of waiting behind a chapter's batch. A job's chunks come as one stream (generate_stream): its QA retries and
+next chunks wait in the job's own queue and are handed over one start at a time. A request the model refuses fails
+only its job; a failure mid-run fails the jobs with texts in flight.
 
 Static: the thread decodes the requests of every job waiting at that moment in one engine call (up to `batch_size`
 texts, the first request always whole), and each job waits for its whole batch. Like a dynamic batcher's queue
@@ -28,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.feeds import Feed, FeedQueue
+from worker.feeds import Feed, FeedQueue, Stream
 from worker.models import CSMModelError, Generated, SpeechModel, SpeechRequest
-from worker.models.base import RowDone, split_by
+from worker.models.base import RowDone, TextDone, TextRefill, split_by
 
 __all__ = ["BatchingModel"]
 
@@ -92,6 +93,23 @@ class BatchingModel(SpeechModel):
                 self._queue.append(waiting)
                 self._ready.notify_all()
         return waiting.result.result()
+
+    def start_texts(self, request: SpeechRequest) -> list[Any]:
+        """Continuous: the inner model's handles (the generation thread runs them); static: requests to batch."""
+        return self.inner.start_texts(request) if self.continuous else super().start_texts(request)
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Continuous: the job's texts join the shared run as slots free, its fair share against the other jobs';
+        static: `size` at a time, each a shared batch (generate_requests)."""
+        if not self.continuous:
+            super().generate_stream(refill, on_done, size)
+            return
+        stream = Stream(refill, on_done, size)
+        with self._ready:
+            if self._broken is not None:
+                raise CSMModelError(f"this worker's generation thread stopped: {self._broken}")
+            self._feeds.add(stream)
+        stream.result.result()
 
     def cleanup(self) -> None:
         self.inner.cleanup()

@@ -138,10 +138,10 @@ def test_killing_the_pool_process_mid_job_resumes_without_redoing_stored_chunks(
     owner = next(w for w in workers if running.worker and running.worker.startswith(w.name + "@"))
     pool_children = psutil.Process(owner.process.pid).children()
     assert len(pool_children) == 1
-    pool_children[0].kill()  # SIGKILL: the task's process dies in the middle of a batch of 32
+    pool_children[0].kill()  # SIGKILL: the task's process dies with up to 32 rows in flight
     stored = {c["index"] for c in json.loads(_read(settings, f"narrations/{job.id}/manifest.json"))["chunks"]}
-    in_flight = set(_starts(owner.log(), job.id)) - stored  # started (a batch starts all its rows), not stored
-    assert 0 < len(in_flight) < 32 and len(stored) > 1, "the kill landed mid-batch: some of its rows were stored"
+    in_flight = set(_starts(owner.log(), job.id)) - stored  # started, not stored
+    assert in_flight and len(stored) > 1, "the kill landed mid-job: some chunks stored, others in flight"
 
     final = client.wait(job.id, timeout=240)
     assert final.state is JobState.SUCCEEDED, final.error

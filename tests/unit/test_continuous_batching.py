@@ -4,6 +4,7 @@ would alone, every text is generated once, and a short job is not held behind a 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,13 @@ import torch
 from producer.request import NarrationRequest
 from producer.storage import LocalStorage
 from worker.batcher import BatchingModel
-from worker.feeds import Feed, FeedQueue
-from worker.models import CSMModel, CSMModelError, Generated, PlaceholderCSMModel, Segment, SpeechRequest
+from worker.feeds import Feed, FeedQueue, Stream
+from worker.models import CSMModel, CSMModelError, Generated, PlaceholderCSMModel, Segment, SpeechModel, SpeechRequest
 from worker.models.engine import Row, Sampling
+from worker.narration.audio import decode_wav
 from worker.narration.manifest import Manifest
-from worker.narration.synthesis import ChunkSynthesizer
-from worker.narration.text import chunk_text
+from worker.narration.synthesis import ChunkSynthesizer, chunk_seed
+from worker.narration.text import Chunk, chunk_text
 
 REFERENCE = (0.1 * np.sin(np.linspace(0, 2000, 16_000))).astype(np.float32)  # 1 s at 16 kHz
 ANCHOR = [Segment(1, "Hello there.", REFERENCE, 16_000)]
@@ -140,26 +142,60 @@ def test_a_short_job_ends_while_a_long_job_runs_and_a_bad_one_fails_alone(model:
     assert ended["short"] < ended["long"], "the one-line job waited for the long one"
 
 
-def test_a_chunk_that_fails_qa_is_tried_again_while_its_batch_runs_on(model: CSMModel, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def _synthesizer(model: SpeechModel, tmp_path: Path, job_id: str, chunks: list[Chunk]) -> ChunkSynthesizer:
+    request = NarrationRequest(text=" ".join(c.text for c in chunks))
+    synthesizer = ChunkSynthesizer(model, request, job_id, tmp_path / "spool")
+    synthesizer.manifest = Manifest.open(LocalStorage(tmp_path / "store"), job_id, request, {}, {}, len(chunks), None)
+    return synthesizer
+
+
+def _events(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
+    """The flow's "chunk N started/ended (attempt k)" lines, in order."""
+    return [m.removeprefix(f"job {job_id}: ") for r in caplog.records
+            if re.fullmatch(r"job \S+: chunk \d+ (started|ended) \(attempt \d\)", m := r.getMessage())]
+
+
+def test_a_chunk_that_fails_qa_is_tried_again_while_the_other_rows_run_on(model: CSMModel, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Random weights run every chunk to its frame cap (QA: runaway): the short chunk's second try starts at once,
-    joining the batch where the long chunk still runs, and every chunk is stored once, in order, after two tries."""
+    in the slot its first try freed, while the long chunk still runs; every chunk is stored once, after two tries."""
     monkeypatch.setattr(model, "batch_size", 4)
     shared = BatchingModel(model, wait_s=0.0, continuous=True)
-    request = NarrationRequest(text="Hi. The keeper counted the waves.")
-    chunks = chunk_text(request.text, 20)
-    synthesizer = ChunkSynthesizer(shared, request, "job-qa-retry", tmp_path / "spool")
-    synthesizer.manifest = Manifest.open(LocalStorage(tmp_path / "store"), "job-qa-retry", request, {}, {},
-                                         len(chunks), None)
-    with caplog.at_level(logging.INFO, logger="worker.narration.synthesis"):
-        entries = list(synthesizer.synthesize_batch(chunks))
-    assert [e["index"] for e in entries] == [c.index for c in chunks] and len(chunks) >= 2
+    chunks = chunk_text("Hi. The keeper counted the waves.", 20)
+    synthesizer = _synthesizer(shared, tmp_path, "job-qa-retry", chunks)
+    with caplog.at_level(logging.DEBUG, logger="worker.narration"):
+        entries = list(synthesizer.synthesize(chunks))
+    assert [e["index"] for e in entries] == [c.index for c in chunks] == [0, 1]
     assert all(e["attempts"] == 2 and "runaway" in e["qa"]["problems"] for e in entries)
-    lines = [r.getMessage() for r in caplog.records]
-    retry = next(i for i, line in enumerate(lines) if "started (attempt 2)" in line)
-    first_batch = next(i for i, line in enumerate(lines) if f"{len(chunks)} chunks (attempt 1) generated" in line)
-    assert len(chunks) == 2 and retry < first_batch, "the short chunk's retry waited for the whole batch"
+    events = _events(caplog, "job-qa-retry")
+    assert events.index("chunk 0 started (attempt 2)") < events.index("chunk 1 ended (attempt 1)"), events
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_jobs_next_chunk_takes_the_slot_its_short_row_freed_while_its_long_row_runs(
+    model: CSMModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, pool: str,
+) -> None:
+    """Batch 2, chunk 1 capped far longer than chunks 0 and 2: chunk 0's slot takes its retry and then chunk 2, all
+    before chunk 1's first row ends; each chunk is stored on its own seed, as it would be generated alone."""
+    monkeypatch.setattr(model, "batch_size", 2)
+    chunks = [Chunk(0, "Hi.", "Hi.", False), Chunk(1, "The keeper " * 9 + "counted.", "...", False),
+              Chunk(2, "Go.", "Go.", True)]
+    job_id = f"job-refill-{pool}"
+    synthesizer = _synthesizer(model if pool == "prefork" else BatchingModel(model, 0.0, continuous=True), tmp_path,
+                               job_id, chunks)
+    synthesizer.anchor = ANCHOR[0]
+    with caplog.at_level(logging.DEBUG, logger="worker.narration"):
+        entries = list(synthesizer.synthesize(chunks))
+    events = _events(caplog, job_id)
+    long_ended = events.index("chunk 1 ended (attempt 1)")
+    assert events[:2] == ["chunk 0 started (attempt 1)", "chunk 1 started (attempt 1)"], events
+    assert events.index("chunk 2 started (attempt 1)") < long_ended, f"chunk 2 waited for the long row: {events}"
+    assert [e["index"] for e in entries] == [0, 1, 2] and all(e["attempts"] == 2 for e in entries)
+    stored, rate = decode_wav(synthesizer.manifest.read_chunk(2, tmp_path / "read"))
+    [alone] = model.generate_batch(["Go."], context=ANCHOR, seeds=[chunk_seed(job_id, 2, 1)])
+    assert entries[2]["seed"] == chunk_seed(job_id, 2, 1) and rate == alone.sample_rate
+    assert np.allclose(stored, alone.audio, atol=1e-5), "chunk 2's audio depends on what shared its batch"
 
 
 def test_a_job_that_just_arrived_gets_the_next_free_slot_ahead_of_a_long_jobs_backlog() -> None:
@@ -175,7 +211,28 @@ def test_a_job_that_just_arrived_gets_the_next_free_slot_ahead_of_a_long_jobs_ba
     feeds.done(running[0], Generated(np.zeros(1, np.float32), 24_000))
     [next_text] = feeds.take(1, start)
     assert next_text.request is short.requests[0], "the job with no text running goes first"
-    assert [h.request.texts[h.index] for h in feeds.take(3, start)] == ["Chunk 4.", "Chunk 5.", "Chunk 0 again."]
+    taken = [h.request.texts[h.index] for h in feeds.take(3, start)]
+    assert taken == ["Chunk 4.", "Chunk 0 again.", "Chunk 5."], "the long job's two calls take turns"
+
+
+def test_jobs_streams_take_turns_for_the_free_slots() -> None:
+    """Three jobs' streams, two slots: a slot freed goes to the job served least recently among those with the fewest
+    rows running, so none waits while the others alternate."""
+    feeds = FeedQueue(threading.Condition())
+    streams = {name: Stream(lambda free, name=name: [object() for _ in range(free)], lambda _h, _r: None, size=2)
+               for name in "ABC"}
+    for stream in streams.values():
+        feeds.add(stream)
+    owner = {}
+    order = []
+    running = []
+    for _ in range(9):
+        for handle in feeds.take(2 - len(running), PlaceholderCSMModel().start_texts):
+            owner[handle] = next(name for name, s in streams.items() if s is feeds._owner[handle][0])
+            order.append(owner[handle])
+            running.append(handle)
+        feeds.done(running.pop(0), Generated(np.zeros(1, np.float32), 24_000))
+    assert order[:6] == ["A", "B", "C", "A", "B", "C"], order
 
 
 def test_a_slot_freed_at_its_cap_is_decoded_on_harmlessly_when_the_batch_keeps_its_size(

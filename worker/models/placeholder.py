@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
-from worker.models.base import SAMPLE_RATE, Generated, RowDone, SpeechModel, SpeechRequest
+from worker.models.base import SAMPLE_RATE, Generated, RowDone, SpeechModel, SpeechRequest, TextDone, TextOf, TextRefill
 
 __all__ = ["PlaceholderCSMModel"]
 
@@ -38,6 +39,16 @@ class PlaceholderCSMModel(SpeechModel):
                 if on_row is not None:
                     on_row(r, i, results[-1][-1])
         return results
+
+    def generate_stream(self, refill: TextRefill, on_done: TextDone, size: int) -> None:
+        """Continuous batching, played one text at a time in the order started: as each text is done, its slot is
+        refilled at once, so up to `size` texts are in flight (started, not done) as on a batched model."""
+        running: deque[TextOf] = deque(refill(size))
+        while running:
+            handle = running.popleft()
+            request = handle.request
+            on_done(handle, self._tone(request.texts[handle.index], request.speaker_id, request.max_audio_length_ms))
+            running.extend(refill(size - len(running)))
 
     def _tone(self, text: str, speaker_id: int, max_audio_length_ms: float | None) -> Generated:
         seconds = max(MIN_SECONDS, len(text.strip()) / CHARS_PER_SECOND)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +73,7 @@ def narrate(job_id: str, request: NarrationRequest, model: SpeechModel, storage:
         log.info("job %s: %d chunks, %d already stored", job_id, len(plan), resumed)
         if request.voice_prompt_sha256:
             synthesizer.load_voice_prompt(*voice_prompt(storage, request.voice_prompt_sha256))
-        for chunk in _stored_in_order(plan, manifest, synthesizer, model.batch_size, early):
+        for chunk in _stored_in_order(plan, manifest, synthesizer, early):
             phase = "stitching" if chunk.index == len(plan) - 1 else "synthesizing"
             verdict = on_progress(_progress(manifest, resumed, phase))
             if verdict == "drain":
@@ -120,28 +119,30 @@ def _plan_while_first_chunk_generates(synthesizer: ChunkSynthesizer, fresh: bool
 
 
 def _stored_in_order(plan: list[Chunk], manifest: Manifest, synthesizer: ChunkSynthesizer,
-                     batch_size: int, early: list[Attempt] | None = None) -> Iterator[Chunk]:
-    """Each chunk of the plan in order, once it is stored: skipped when the manifest has it, else generated with the
-    next ones still missing, up to `batch_size` at a time. Without a voice prompt the first chunk is generated alone,
-    as it becomes the anchor (the shared context) of every later batch; `early` is its generation when already done.
-    """
-    index = 0
-    while index < len(plan):
-        if synthesizer.draining and not manifest.done(plan[index].index):
-            return  # the worker is stopping: no new chunk starts
-        if manifest.done(plan[index].index):
-            stored: Iterable[Chunk] = [plan[index]]
-        elif index == 0 and early is not None:
-            stored = (chunk for chunk, _ in zip(plan[:1], synthesizer.store(plan[:1], [early]), strict=False))
-        else:
-            size = batch_size if synthesizer.anchor is not None else 1
-            group = list(takewhile(lambda c: not manifest.done(c.index), plan[index: index + size]))
-            stored = (chunk for chunk, _ in zip(group, synthesizer.synthesize_batch(group), strict=False))
-        for chunk in stored:
-            if chunk.index == 0:
-                synthesizer.adopt_first_chunk(chunk)
-            index += 1
+                     early: list[Attempt] | None = None) -> Iterator[Chunk]:
+    """Each chunk of the plan in order, once stored (skipped when the manifest has it). Without a voice prompt the
+    first chunk is generated alone, as it becomes the anchor (the shared context) of every later chunk; `early` is
+    its generation when already done. The missing chunks then flow through the model as one stream: as a row ends,
+    its slot takes the next missing chunk. Draining, no new chunk starts and the chunks left are not yielded."""
+    rest = plan
+    if synthesizer.anchor is None and plan:
+        first, rest = plan[0], plan[1:]
+        if not manifest.done(first.index):
+            if synthesizer.draining:
+                return
+            list(synthesizer.store([first], [early]) if early is not None else synthesizer.synthesize([first]))
+        synthesizer.adopt_first_chunk(first)
+        yield first
+    missing = [chunk for chunk in rest if not manifest.done(chunk.index)]
+    to_store = {chunk.index for chunk in missing}
+    entries = synthesizer.synthesize(missing)  # in the chunks' order
+    try:
+        for chunk in rest:
+            if chunk.index in to_store and next(entries, None) is None:
+                return  # drained: the chunks from here were never started
             yield chunk
+    finally:
+        entries.close()  # a cancel: nothing more starts; the rows in flight end unstored
 
 
 def _progress(manifest: Manifest, resumed: int, phase: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def rerender(job_id: str, request: NarrationRequest, edit: dict[str, Any], model
         elif len(plan) > 1:  # the job's own anchor: its first chunk as first made (read before anything changes)
             synthesizer.adopt_first_chunk(plan[0])
         log.info("job %s: re-rendering chunks %s", job_id, [c.index for c in targets])
-        for entry in synthesizer.synthesize_batch(targets):
+        for entry in synthesizer.synthesize(targets):
             entry["edits"] = sum(entry["index"] in h["chunks"] for h in history) + 1
         # A cancel asked now is not honoured: the new chunks are stored, so the edit is finished, not left halfway.
         if on_progress({"chunks_done": len(plan), "chunks_total": len(plan), "chunks_resumed": len(plan),

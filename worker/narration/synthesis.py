@@ -1,13 +1,10 @@
-"""A job's chunks a batch at a time: generate in the anchor's voice, check, retry once on a new seed, store in order."""
+"""A job's chunks in the anchor's voice: generate, check, retry once on a new seed, store."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +12,10 @@ import numpy as np
 
 from producer import keys
 from producer.request import NarrationRequest
-from worker.models import SAMPLES_PER_FRAME, Generated, Segment, SpeechModel, frame_budget
+from worker.models import SAMPLES_PER_FRAME, Generated, Segment, SpeechModel, SpeechRequest, frame_budget
 from worker.models.base import FrameSink
 from worker.narration.audio import chunk_qa, decode_wav, wav_bytes
+from worker.narration.flow import ChunkFlow
 from worker.narration.frame_publish import FramePublisher
 from worker.narration.manifest import Manifest
 from worker.narration.text import Chunk, positions_needed
@@ -76,94 +74,39 @@ class ChunkSynthesizer:
         self.manifest.data["voice_anchor"] = {"source": "first_chunk", "text": chunk.text,
                                               "seconds": round(len(audio) / rate, 3)}
 
-    def synthesize_batch(self, chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
-        """Generate chunks together in the anchor's voice; each chunk is checked and stored the moment its row ends,
-        while the others go on (so a worker that dies loses only the rows still in flight); one that fails QA is
-        stored after its one more try. Manifest entries are yielded in the chunks' order."""
-        stored: dict[int, dict[str, Any]] = {}
-        done = 0
-        for i, attempts in self._as_rows_end(chunks, self.seed_attempt):
-            stored[i] = self._store_attempts(chunks[i], attempts)
-            while done in stored:
-                yield stored[done]
-                done += 1
-        yield from (stored[i] for i in range(done, len(chunks)))
+    def synthesize(self, chunks: list[Chunk]) -> Generator[dict[str, Any], None, None]:
+        """Generate chunks in the anchor's voice as one stream (worker/narration/flow.py): each chunk is checked and
+        stored the moment its row ends and its slot goes to the next chunk (a worker that dies loses only the rows
+        in flight); one that fails QA is tried once more at once. Manifest entries are yielded in the chunks' order."""
+        return ChunkFlow(self, chunks, self.seed_attempt).stored_in_order()
 
-    def _as_rows_end(self, chunks: list[Chunk], attempt: int) -> Iterator[tuple[int, list[Attempt]]]:
-        """(chunk position, its checked attempts) as each chunk's last row ends. The batch runs on another thread; a
-        chunk that fails QA is tried once more: at once, joining the running batch, on a model that takes concurrent
-        requests (a worker's shared model), else after the batch. Leaving early (a cancel) waits for the threads, so
-        the model never runs two batches at once."""
-        ended: queue.Queue[tuple[int, Generated | None, int]] = queue.Queue()  # (chunk, result, attempt); None: end
-        failure: list[BaseException] = []
-        threads: list[threading.Thread] = []
+    def start_row(self, chunk: Chunk, attempt: int) -> Any:
+        """The model's handle for one try of `chunk`, logged as it starts (called when its row takes a slot)."""
+        [handle] = self.model.start_texts(SpeechRequest(
+            [chunk.text], self.request.speaker_id, self.request.temperature, self.request.top_k,
+            [self.anchor] if self.anchor is not None else [], [chunk_seed(self.job_id, chunk.index, attempt)],
+            owner=self.job_id, on_frame=self._frame_sink(chunk)))
+        log.info("job %s: chunk %d started (attempt %d)", self.job_id, chunk.index, attempt + 1)
+        return handle
 
-        def generate(positions: list[int], number: int) -> None:
-            try:
-                self._generate([chunks[i] for i in positions], number,
-                               lambda i, result: ended.put((positions[i], result, number)))
-            except BaseException as e:  # handed to the job's thread
-                failure.append(e)
-            finally:
-                ended.put((-1, None, number))
-
-        def start(positions: list[int], number: int) -> None:
-            threads.append(threading.Thread(target=generate, args=(positions, number), daemon=True,
-                                            name=f"echoforge-batch-{self.job_id[:8]}"))
-            threads[-1].start()
-
-        start(list(range(len(chunks))), attempt)
-        try:
-            yield from self._collect(chunks, attempt, ended, start)
-        finally:
-            for thread in threads:
-                thread.join()
-        if failure:
-            raise failure[0]
-
-    def _collect(self, chunks: list[Chunk], attempt: int, ended: queue.Queue[tuple[int, Generated | None, int]],
-                 start: Callable[[list[int], int], None]) -> Iterator[tuple[int, list[Attempt]]]:
-        firsts: dict[int, Attempt] = {}
-        finished: set[int] = set()
-        held: list[int] = []  # failed QA, to be tried again after the batch
-        running = 1  # generation threads that have not ended
-        while running:
-            i, result, number = ended.get()
-            if result is None:
-                running -= 1
-                if not running and held:
-                    start(held, attempt + 1)
-                    running, held = 1, []
-            elif number == attempt and i not in firsts:  # a shared batch that failed is run again: rows may come twice
-                firsts[i] = self._checked(chunks[i], result)
-                if not firsts[i][1]["problems"]:
-                    yield i, [firsts[i]]
-                elif self.model.takes_concurrent_requests:
-                    start([i], attempt + 1)
-                    running += 1
-                else:
-                    held.append(i)
-            elif number == attempt + 1 and i in firsts and i not in finished:
-                finished.add(i)
-                yield i, [firsts[i], self._checked(chunks[i], result)]
+    def _frame_sink(self, chunk: Chunk) -> FrameSink | None:
+        """The publisher's sink for chunk 0's first generation (the first row of it to start); None otherwise."""
+        if chunk.index != 0 or self.frames is None or not self.frames.claim():
+            return None
+        return self.frames.sink
 
     def generate(self, chunks: list[Chunk]) -> list[list[Attempt]]:
-        """Each chunk's attempts: one batch for all, then one more try on its next seed for each that fails QA.
-
-        Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever else shares its batch.
-        """
-        first = self._attempt(chunks, self.seed_attempt)
-        failed = [i for i, (_, qa) in enumerate(first) if qa["problems"]]
-        retried = dict(zip(failed, self._attempt([chunks[i] for i in failed], self.seed_attempt + 1),
-                           strict=True)) if failed else {}
-        return [[first[i], *([retried[i]] if i in retried else [])] for i in range(len(chunks))]
+        """Each chunk's tries (a second on its next seed when the first fails QA), generated as synthesize does but
+        not stored. Each chunk's sampler is seeded with chunk_seed(job, index, attempt) whatever shares its batch."""
+        tries = dict(ChunkFlow(self, chunks, self.seed_attempt).as_rows_end())
+        return [tries[i] for i in range(len(chunks))]
 
     def store(self, chunks: list[Chunk], generated: list[list[Attempt]]) -> Iterator[dict[str, Any]]:
         """Store each chunk's last attempt and record it in the manifest, in order, yielding each entry once saved."""
         for chunk, attempts in zip(chunks, generated, strict=True):
-            yield self._store_attempts(chunk, attempts)
+            yield self.store_attempts(chunk, attempts)
 
-    def _store_attempts(self, chunk: Chunk, attempts: list[Attempt]) -> dict[str, Any]:
+    def store_attempts(self, chunk: Chunk, attempts: list[Attempt]) -> dict[str, Any]:
         """Store a chunk's last attempt (its WAV, then its manifest entry) and return the entry."""
         for number, (result, qa) in enumerate(attempts, start=1):
             log.info("job %s: chunk %d generated (attempt %d, %.2f s%s)", self.job_id, chunk.index,
@@ -178,36 +121,8 @@ class ChunkSynthesizer:
         self.manifest.record(entry)
         return entry
 
-    def _attempt(self, chunks: list[Chunk], attempt: int) -> list[Attempt]:
-        """One generation of every chunk (one batch), each checked by QA."""
-        return [self._checked(c, r) for c, r in zip(chunks, self._generate(chunks, attempt), strict=True)]
-
-    def _generate(self, chunks: list[Chunk], attempt: int,
-                  on_done: Callable[[int, Generated], None] | None = None) -> list[Generated]:
-        """One batch: every chunk's generation is logged as it starts; `on_done` hears of each as its row ends."""
-        for chunk in chunks:
-            log.info("job %s: chunk %d started (attempt %d)", self.job_id, chunk.index, attempt + 1)
-        started = time.perf_counter()
-        results = self.model.generate_batch(
-            [c.text for c in chunks], speaker_id=self.request.speaker_id, temperature=self.request.temperature,
-            top_k=self.request.top_k, context=[self.anchor] if self.anchor is not None else [],
-            seeds=[chunk_seed(self.job_id, c.index, attempt) for c in chunks], on_done=on_done, owner=self.job_id,
-            on_frame=self._frame_sink(chunks))
-        log.info("job %s: %d chunks (attempt %d) generated together in %.2f s, %.2f s of audio", self.job_id,
-                 len(chunks), attempt + 1, time.perf_counter() - started,
-                 sum(len(r.audio) / r.sample_rate for r in results))
-        return results
-
-    def _frame_sink(self, chunks: list[Chunk]) -> FrameSink | None:
-        """The publisher's sink for chunk 0's first generation when this batch has it; None otherwise."""
-        first = next((i for i, c in enumerate(chunks) if c.index == 0), None)
-        if first is None or self.frames is None or not self.frames.claim():
-            return None
-        sink = self.frames.sink
-        return lambda i, codes: sink(i, codes) if i == first else None
-
     @staticmethod
-    def _checked(chunk: Chunk, result: Generated) -> Attempt:
+    def checked(chunk: Chunk, result: Generated) -> Attempt:
         stats = result.stats
         return result, chunk_qa(result.audio, result.sample_rate, len(chunk.text),
                                 hit_frame_cap=bool(stats and stats.frames >= stats.frame_cap))
