@@ -142,9 +142,14 @@ def mixed_round(settings: Settings, tmp: Path, args: argparse.Namespace, continu
         waits = sorted((finals[j].finished_at or 0.0) - at for j, at in short)
         end = max(f.finished_at or 0.0 for f in finals.values())
         phases = short_job_phases(worker.log(), [(j, at, finals[j].finished_at or 0.0) for j, at in short])
+        long_end = finals[long_id].finished_at or 0.0
+        during = sum(at < long_end for _, at in short)
+        if during < len(short):
+            print(f"warning: {len(short) - during} of {len(short)} short jobs arrived after the long job ended; "
+                  "shorten --lead-s/--gap-s to measure jobs sharing batches", file=sys.stderr, flush=True)
         return {"p50": statistics.median(waits), "p95": waits[min(len(waits) - 1, round(0.95 * len(waits)) - 1)],
                 "jobs_per_s": len(finals) / (end - t0), "long_s": (finals[long_id].finished_at or 0.0) - t0,
-                "long_chunks": finals[long_id].progress["chunks_total"], **phases}
+                "long_chunks": finals[long_id].progress["chunks_total"], "short_during_long": during, **phases}
     finally:
         worker.stop()
 
@@ -173,7 +178,8 @@ def short_job_phases(log: str, jobs: list[tuple[str, float, float]]) -> dict[str
     return {name: statistics.median(values) for name, values in phases.items() if values}
 
 
-FIGURES = {"short_p50_s": "p50", "short_p95_s": "p95", "jobs_per_s": "jobs_per_s", "long_job_s": "long_s",
+FIGURES = {"short_during_long": "short_during_long", "short_p50_s": "p50", "short_p95_s": "p95",
+           "jobs_per_s": "jobs_per_s", "long_job_s": "long_s",
            "short_to_first_start_s": "to_first_start_s", "short_first_try_s": "first_try_s",
            "short_retry_s": "retry_s", "short_finish_s": "finish_s"}
 RATIOS = {"short_p50_ratio": "p50", "short_p95_ratio": "p95", "jobs_per_s_ratio": "jobs_per_s"}
@@ -236,6 +242,8 @@ def print_mixed(f: dict[str, Any]) -> None:
     print(f"jobs/s: static {line('static_jobs_per_s')}, continuous {line('continuous_jobs_per_s')}, "
           f"ratio {line('jobs_per_s_ratio')}x (target >= 1)")
     print(f"long job: static {line('static_long_job_s')} s, continuous {line('continuous_long_job_s')} s")
+    print(f"short jobs arriving while the long job ran (of {f['short_jobs']}): static "
+          f"{line('static_short_during_long')}, continuous {line('continuous_short_during_long')}")
     for mode in ("static", "continuous"):
         parts = [f"{name} {f[f'{mode}_short_{name}_s']:.2f} s" for name in ("to_first_start", "first_try", "retry",
                                                                              "finish") if f"{mode}_short_{name}_s" in f]
@@ -256,8 +264,9 @@ def main() -> None:
                         help="the worker's OMP_NUM_THREADS (0: torch's default; 1 on a CPU shared with other work)")
     parser.add_argument("--chunk-chars", type=int, default=90, help="the long job's longest chunks, in characters")
     parser.add_argument("--batch", type=int, default=20, help="ECHOFORGE_BATCH_SIZE of the mixed rounds")
-    parser.add_argument("--lead-s", type=float, default=10.0, help="the long job's head start")
-    parser.add_argument("--gap-s", type=float, default=8.0, help="between short jobs")
+    parser.add_argument("--lead-s", type=float, default=3.0, help="the long job's head start")
+    parser.add_argument("--gap-s", type=float, default=2.0,
+                        help="between short jobs (all must arrive while the long job runs: see short_during_long)")
     parser.add_argument("--json", action="store_true", help="--mixed: one JSON object")
     parser.add_argument("--repeats", type=int, default=3,
                         help="--mixed: pairs of rounds (static and continuous, order alternated); medians reported")
