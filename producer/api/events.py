@@ -11,12 +11,12 @@ import redis.asyncio as aioredis
 from producer import keys
 from producer.job import Job
 
-__all__ = ["job_events", "watch_job"]
+__all__ = ["job_events", "job_record", "watch_job"]
 
 RECHECK_S = 1.0  # the record is re-read at least this often, in case a notification is missed
 
 
-async def _record(client: aioredis.Redis, job_id: str) -> Job | None:
+async def job_record(client: aioredis.Redis, job_id: str) -> Job | None:
     data: Any = await client.hgetall(keys.job_key(job_id))  # type: ignore[misc]
     return Job.from_hash({k.decode(): v.decode() for k, v in data.items()}) if data else None
 
@@ -29,7 +29,7 @@ async def watch_job(client: aioredis.Redis, job_id: str) -> AsyncIterator[Job]:
     last: tuple[Any, ...] | None = None
     try:
         while True:
-            job = await _record(client, job_id)
+            job = await job_record(client, job_id)
             if job is None:
                 return
             seen = (job.state, job.progress.get("chunks_done"), job.progress.get("phase"), job.cancel_requested)

@@ -18,7 +18,8 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from producer import keys
-from producer.api.events import _record
+from producer.api.events import job_record
+from producer.api.stored_chunks import JobEndedError, stored_chunk
 from producer.errors import JobNotReadyError
 from producer.states import JobState
 
@@ -56,11 +57,10 @@ class _Follower:
 async def first_chunk_frames(state: Any, job_id: str) -> AsyncIterator[tuple[np.ndarray, int]]:
     """(float32 samples, rate) of chunk 0 as its frames are decoded, at the decoder's raw level; raises
     JobEndedError when the job ends failed, canceled or expired first."""
-    from producer.api.speech_stream import JobEndedError, stored_chunk
 
     client, key, last, follower = state.async_redis, keys.frame_stream_key(job_id), "0-0", _Follower()
     while True:
-        job = await _record(client, job_id)
+        job = await job_record(client, job_id)
         if job is None:
             raise JobNotReadyError(f"job {job_id}: its record is gone")
         if job.state in _ENDED:

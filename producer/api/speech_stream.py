@@ -8,7 +8,6 @@ narration is mastered as always."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,9 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from producer import keys
 from producer.api.events import watch_job
 from producer.api.frame_stream import first_chunk_frames
+from producer.api.stored_chunks import JobEndedError, stored_chunk
 from producer.audio_formats import AudioEncoder, audio_format
-from producer.errors import EchoForgeError, ErrorCode, JobNotReadyError
-from producer.job import Job
+from producer.errors import JobNotReadyError
 from producer.mastering import finish_chunk, pause_after
 from producer.states import JobState
 from producer.storage import Storage
@@ -29,16 +28,6 @@ from producer.storage import Storage
 __all__ = ["JobEndedError", "stream_job_audio"]
 
 STREAM_SLICE_S = 1  # seconds of audio encoded and sent at a time
-
-
-class JobEndedError(EchoForgeError):
-    """The job ended without audio (failed, canceled or expired); `code` is its error's."""
-
-    def __init__(self, job: Job) -> None:
-        error = job.error or {}
-        super().__init__(f"job {job.id} ended {job.state.value}: {error.get('message', '')}".rstrip(": "))
-        known = error.get("code") in ErrorCode._value2member_map_
-        self.code = ErrorCode(error["code"]) if known else ErrorCode.INTERNAL_ERROR  # type: ignore[misc]
 
 
 class _Pending:
@@ -54,17 +43,6 @@ class _Pending:
     def take(self) -> bytes:
         taken, self.data = bytes(self.data), bytearray()
         return taken
-
-
-def stored_chunk(storage: Storage, job_id: str, index: int) -> tuple[np.ndarray, int]:
-    """Chunk `index` as stored (32-bit float WAV)."""
-    import soundfile as sf
-
-    data = storage.get_bytes(storage.key_for(job_id, keys.CHUNK_OBJECT.format(index=index)))
-    if data is None:
-        raise JobNotReadyError(f"job {job_id}: chunk {index} is counted as done but not in storage")
-    audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return audio, int(rate)
 
 
 def _ends_paragraph(storage: Storage, job_id: str, index: int) -> bool:
