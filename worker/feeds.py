@@ -85,8 +85,8 @@ class FeedQueue:
         self.lock = lock
         self.feeds: list[Feed | Stream] = []
         self._owner: dict[Any, tuple[Feed | Stream, int, int]] = {}  # model handle -> (feed, request, text)
-        self.started: list[Feed | Stream] = []
-        self._turns = itertools.count(1)  # the feed of each text started since the last reset (for the log)
+        self.started: list[Feed | Stream] = []  # the feed of each text started since the last reset (for the log)
+        self._turns = itertools.count(1)  # stamps Feed.served: who was served least recently wins a tie
 
     def add(self, feed: Feed | Stream) -> None:
         with self.lock:

@@ -124,14 +124,11 @@ class SpeechModel:
         max_audio_length_ms: float | None = None,
         on_done: Callable[[int, Generated], None] | None = None,
         owner: str | None = None,
-        on_frame: FrameSink | None = None,
     ) -> list[Generated]:
         """Speech for several texts in one voice and context; seeds[i] makes text i repeatable on its own.
         `on_done(i, result)` is called as text i's speech is done, before the rest of the batch (see RowDone);
-        `owner` (a job id) groups the calls of one job for a shared model's fair shares; `on_frame` (FrameSink)
-        hears each frame of each text, where the model can stream frames (streaming_codec)."""
-        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner,
-                                on_frame)
+        `owner` (a job id) groups the calls of one job for a shared model's fair shares."""
+        request = SpeechRequest(texts, speaker_id, temperature, top_k, context, seeds, max_audio_length_ms, owner)
         rows = None if on_done is None else lambda _request, i, result: on_done(i, result)
         return self.generate_requests([request], rows)[0]
 

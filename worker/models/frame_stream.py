@@ -15,10 +15,34 @@ import numpy as np
 if TYPE_CHECKING:
     from worker.models.moshi_codec import MoshiCodec
 
-__all__ = ["DEFAULT_FRAMES_PER_CHUNK", "stream_frames"]
+__all__ = ["DEFAULT_FRAMES_PER_CHUNK", "PieceDecoder", "stream_frames"]
 
 DEFAULT_FRAMES_PER_CHUNK = 2  # 160 ms of audio per piece
 OnFrame = Callable[[int, Any], None]  # (row, codes [codebooks]) as the engine makes each frame
+
+
+class PieceDecoder:
+    """Frames' codes in, mono float32 pieces of `frames_per_piece` frames out, through a streaming codec (run inside
+    its `mimi.streaming` context, which carries the decoder's state from one piece to the next)."""
+
+    def __init__(self, codec: MoshiCodec, frames_per_piece: int) -> None:
+        self.codec, self.frames_per_piece = codec, frames_per_piece
+        self._pending: list[Any] = []
+
+    def add(self, codes: Any) -> np.ndarray | None:
+        """The next piece once this frame completes one, else None."""
+        self._pending.append(codes)
+        return self.flush() if len(self._pending) >= self.frames_per_piece else None
+
+    def flush(self) -> np.ndarray | None:
+        """The frames not yet decoded as a (shorter) piece; None when there are none."""
+        import torch
+
+        if not self._pending:
+            return None
+        piece = self.codec.decode(torch.stack(self._pending)).numpy().astype(np.float32)
+        self._pending.clear()
+        return piece
 
 
 class _Stopped(Exception):
@@ -32,30 +56,23 @@ def stream_frames(generate: Callable[[OnFrame], Any], codec: MoshiCodec,
     `generate(on_frame)` runs the engine for one row; it runs on a thread of its own, which also decodes, so the
     reader gets each piece as soon as its frames exist.
     """
-    import torch
-
     pieces: queue.Queue[np.ndarray | BaseException | None] = queue.Queue()
     stop = threading.Event()
 
     def run() -> None:
-        pending: list[torch.Tensor] = []
+        decoder = PieceDecoder(codec, frames_per_chunk)
 
-        def flush() -> None:
-            if pending:
-                pieces.put(codec.decode(torch.stack(pending)).numpy().astype(np.float32))
-                pending.clear()
-
-        def on_frame(_row: int, codes: torch.Tensor) -> None:
+        def on_frame(_row: int, codes: Any) -> None:
             if stop.is_set():
                 raise _Stopped
-            pending.append(codes)
-            if len(pending) >= frames_per_chunk:
-                flush()
+            if (piece := decoder.add(codes)) is not None:
+                pieces.put(piece)
 
         try:
             with codec.mimi.streaming(batch_size=1):
                 generate(on_frame)
-                flush()
+                if (piece := decoder.flush()) is not None:
+                    pieces.put(piece)
             pieces.put(None)
         except BaseException as e:  # handed to the reader, raised there
             pieces.put(e)

@@ -22,7 +22,7 @@ import numpy as np
 
 from producer import keys
 from worker.models import SAMPLE_RATE, SpeechModel
-from worker.models.frame_stream import DEFAULT_FRAMES_PER_CHUNK
+from worker.models.frame_stream import DEFAULT_FRAMES_PER_CHUNK, PieceDecoder
 
 __all__ = ["FramePublisher"]
 
@@ -104,36 +104,28 @@ class FramePublisher:
         if not lock.acquire(blocking=False):
             log.info("job %s: another job is streaming frames on this model; chunk 0 is not frame-streamed",
                      self.job_id)
-            self._stopped = True
-            self._drain()
+            self._stop()
             return
         try:
             self._decode_and_publish()
         except _Discarded:
-            self._stopped = True
-            self._drain()
+            self._stop()
         except Exception as e:
             log.warning("job %s: frame streaming stopped (%s: %s); the stored chunk is streamed instead",
                         self.job_id, type(e).__name__, str(e)[:200])
-            self._stopped = True
-            self._drain()
+            self._stop()
         finally:
             lock.release()
 
     def _decode_and_publish(self) -> None:
-        import torch
-
-        pending: list[Any] = []
-        samples = 0
+        decoder, samples = PieceDecoder(self.codec, self.frames_per_piece), 0
         with self.codec.mimi.streaming(batch_size=1):
             while (frame := self._frames.get()) is not _END:
-                pending.append(frame)
-                if len(pending) >= self.frames_per_piece:
-                    samples += self._publish_piece(self.codec.decode(torch.stack(pending)).numpy())
-                    pending.clear()
+                if (piece := decoder.add(frame)) is not None:
+                    samples += self._publish_piece(piece)
             self._ended = True
-            if pending:
-                samples += self._publish_piece(self.codec.decode(torch.stack(pending)).numpy())
+            if (piece := decoder.flush()) is not None:
+                samples += self._publish_piece(piece)
         self._add({"end": 1, "samples": samples})
 
     def _publish_piece(self, audio: np.ndarray) -> int:
@@ -151,7 +143,8 @@ class FramePublisher:
         pipe.execute()
         self._seq += 1
 
-    def _drain(self) -> None:
-        """Take frames until the end, so close() never waits on a queue nobody reads."""
+    def _stop(self) -> None:
+        """Publish nothing more, and take frames until the end, so close() never waits on a queue nobody reads."""
+        self._stopped = True
         while not self._ended:
             self._ended = self._frames.get() is _END
