@@ -16,12 +16,17 @@ figure is the median of `--repeats` runs, with min and max. Paths, same prompt, 
     engine  CSMModel.generate_batch (worker/models/engine.py) at --batch in its dtype ("auto": bf16 on CUDA and on
             CPUs with bf16 arithmetic, else fp32); on CUDA with the depth decoder's CUDA graphs on and/or off
 
-The limit printed beside them is a compute bound, not a promise: the model's FLOPs per frame (weights only, counted
-from the config: backbone + 32 depth-decoder positions + heads) at the peak GEMM throughput measured here with
-large square matrices in that dtype. No frame can cost less; real frames also pay for attention, sampling and, at
-small batches, for reading the weights. Ratios are labelled for what they compare (engine alone, dtype, batching).
+Two limits are printed beside them, floors rather than promises. The bandwidth bound: the bytes of weights one
+frame reads (each weight once per frame for the whole batch, counted from the config, in the engine's dtype) over
+the memory bandwidth measured here by a 1 GiB copy; it bounds small batches on a GPU. The compute bound: the
+model's FLOPs per frame (weights only, from the config: backbone + 32 depth-decoder positions + heads) at the peak
+GEMM throughput measured here with large square matrices in that dtype; it bounds large batches. No frame can cost
+less than either; real frames also pay for attention, sampling and kernel launches. Ratios are labelled for what
+they compare (engine alone, dtype, batching). `--compile` runs the engine with its steps compiled
+(ECHOFORGE_TORCH_COMPILE); the compile happens in the warm-up frames, outside the timed ones.
 
-    ./dev bench generation [--frames 4] [--batch 32 [64 ...]] [--repeats 3] [--device cpu|cuda] [--json|--figures]
+    ./dev bench generation [--frames 4] [--batch 32 [64 ...]] [--repeats 3] [--device cpu|cuda] [--compile]
+                           [--json|--figures]
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from worker.models.engine import compute_dtype
 
 TEXT = "The lighthouse keeper counted the waves before the dawn, and each one sang."
 FRAME_S = 0.08
-WARM_FRAMES = 2
+WARM_FRAMES = 4  # the warm-up run: long enough that a compiled backbone step meets a second key width
 DTYPES = ("float32", "bfloat16")
 Say = Callable[[str], None]
 
@@ -182,6 +187,20 @@ def peak_gemm_gflops(dtype: str, device: str) -> float:
     return best
 
 
+def copy_gb_s(device: str, size_mb: int = 1024) -> float:
+    """Memory bandwidth: bytes read plus written per second by copying a `size_mb` MB buffer (best of 5)."""
+    source = torch.empty(size_mb * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        target.copy_(source)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * source.numel() / best / 1e9
+
+
 def weights_gb_s(dtype: str, device: str) -> float:
     """GB/s of weights read by one (8192 x 2048) matrix-vector product (batch 1): what a batch-1 step is bound by."""
     weight = torch.randn(8192, 2048, dtype=getattr(torch, dtype), device=device)
@@ -225,10 +244,10 @@ Stamps = list[float]
 
 
 def _frame_times(run: Callable[[int, Stamps], None], frames: int, repeats: int, device: str) -> Timing:
-    """Seconds per frame: after one warm-up run, `repeats` runs of 1 + `frames` frames, each stamping the end of
-    every frame; a run's figure is the median of its `frames` frame-to-frame intervals (the first frame, which
-    carries the prefill, and the codec decode after the last are outside them)."""
-    run(2, [])
+    """Seconds per frame: after one warm-up run of WARM_FRAMES frames, `repeats` runs of 1 + `frames` frames,
+    each stamping the end of every frame; a run's figure is the median of its `frames` frame-to-frame intervals
+    (the first frame, which carries the prefill, and the codec decode after the last are outside them)."""
+    run(WARM_FRAMES, [])
     samples, outside = [], []
     for _ in range(repeats):
         stamps: Stamps = []
@@ -346,6 +365,8 @@ def measure_paths(args: argparse.Namespace, processor: Any, model: Any, engine_d
             continue
         layer = CSMModel.from_loaded(processor, model, device=device, dtype=dtype, model_id="random-full-size")
         assert layer.engine is not None
+        if args.compile:
+            layer.engine.compile_steps()
         for batch in args.batch:
             for graphs in graph_settings(args):
                 if graphs is not None:
@@ -384,6 +405,9 @@ def batch_result(args: argparse.Namespace, batch: int, measured: Measured, machi
     best_dtype = min(by_dtype, key=lambda d: by_dtype[d].median) if by_dtype else None
     best = by_dtype[best_dtype] if best_dtype else None
     limit = flops / (machine["peak_gemm_gflops"][dtype] * 1e9)
+    # Each weight is read once per frame for the whole batch (FLOPs / 2 multiply-adds, one weight each per sequence)
+    weight_bytes = flops / 2 * torch.finfo(getattr(torch, dtype)).bits / 8
+    bandwidth_limit = weight_bytes / (machine["copy_gb_s"] * 1e9) / batch
     timings = {"naive": measured.naive, "engine": engine, **{f"plain_{d}": t for d, t in by_dtype.items()},
                **{f"engine_graphs_{_graphs(g)}": measured.engine[(batch, g)] for g in graphs if g is not None}}
     return _round({
@@ -392,13 +416,17 @@ def batch_result(args: argparse.Namespace, batch: int, measured: Measured, machi
         "plain_same_dtype_s_per_frame_per_seq": same.median if same else None,
         "plain_s_per_frame_per_seq_by_dtype": {d: t.median for d, t in by_dtype.items()},
         "best_plain_s_per_frame_per_seq": best.median if best else None, "best_plain_dtype": best_dtype,
-        "engine_s_per_frame_per_seq": engine.median, "engine_cuda_graphs": graphs[0],
+        "engine_s_per_frame_per_seq": engine.median, "engine_cuda_graphs": graphs[0], "engine_compiled": args.compile,
         "batch_size": batch, "speedup": _ratio(measured.naive, engine), "speedup_label": _naive_label(batch, dtype),
         "speedup_vs_plain": _ratio(same, engine), "speedup_vs_best_plain": _ratio(best, engine),
         "aggregate_rtf": engine.median / FRAME_S, "device": args.device, "engine_dtype": dtype,
         "limit_s_per_frame_per_seq": limit, "limit_rtf": limit / FRAME_S,
         "limit_kind": f"compute bound: weight FLOPs per frame at the peak {dtype} GEMM throughput; not a promise",
         "engine_over_limit": engine.median / limit, "matmul_gflops": machine["peak_gemm_gflops"][dtype],
+        "bandwidth_limit_s_per_frame_per_seq": bandwidth_limit, "bandwidth_limit_rtf": bandwidth_limit / FRAME_S,
+        "bandwidth_limit_kind": "weight bytes read per frame (once per batch) / measured copy bandwidth; a floor",
+        "weight_gb_per_frame": weight_bytes / 1e9, "copy_gb_s": machine["copy_gb_s"],
+        "engine_over_bandwidth_limit": engine.median / bandwidth_limit,
         "peak_gemm_gflops": machine["peak_gemm_gflops"], "weights_gb_s_batch1": machine["weights_gb_s"],
         "gflop_per_frame": flops / 1e9, "model": machine["model"], "frames": args.frames, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "cpu_features": machine["features"],
@@ -415,7 +443,8 @@ def _naive_label(batch: int, dtype: str) -> str:
 def report(result: dict[str, Any], say: Say) -> None:
     """The ratios of one batch, each named for what it compares, and the bound."""
     batch, dtype, best = result["batch_size"], result["engine_dtype"], result["best_plain_dtype"]
-    say(f"-- batch {batch}, engine in {dtype}, graphs {_graphs(result['engine_cuda_graphs'])}")
+    say(f"-- batch {batch}, engine in {dtype}, graphs {_graphs(result['engine_cuda_graphs'])}, "
+        f"{'compiled' if result['engine_compiled'] else 'eager'}")
     if result["speedup_vs_plain"] is not None:
         say(f"   engine alone (vs plain generate, same dtype {dtype}, same batch): "
             f"{result['speedup_vs_plain']:.2f}x")
@@ -432,12 +461,17 @@ def report(result: dict[str, Any], say: Say) -> None:
         f"s/frame/seq (RTF {result['limit_rtf']:.4f}): {result['gflop_per_frame']:.2f} GFLOP/frame at the peak "
         f"{dtype} GEMM {result['matmul_gflops']:.0f} GFLOP/s, a floor, not a promise; the engine is at "
         f"{result['engine_over_limit']:.1f}x it")
+    say(f"   bandwidth bound {result['bandwidth_limit_s_per_frame_per_seq']:.4f} s/frame/seq (RTF "
+        f"{result['bandwidth_limit_rtf']:.4f}): {result['weight_gb_per_frame']:.2f} GB of {dtype} weights read per "
+        f"frame, once for the batch of {batch}, at the measured {result['copy_gb_s']:,.0f} GB/s; the engine is at "
+        f"{result['engine_over_bandwidth_limit']:.1f}x it")
 
 
 def figures(result: dict[str, Any], graphs: list[bool | None]) -> list[dict[str, Any]]:
     """One self-describing record per figure of one batch (for `--figures` and bench/gpu_check.sh)."""
     batch, dtype, timings = result["batch_size"], result["engine_dtype"], result["timings"]
-    common = {"bench": "generation", "device": result["device"], "frames": result["frames"]}
+    common = {"bench": "generation", "device": result["device"], "frames": result["frames"],
+              "compiled": result["engine_compiled"]}
     unit = "s/frame/seq"
     rows: list[dict[str, Any]] = []
     if "naive" in timings:
@@ -453,6 +487,8 @@ def figures(result: dict[str, Any], graphs: list[bool | None]) -> list[dict[str,
                      "unit": unit})
     rows.append({"what": "compute bound (a floor, not a promise)", "batch": batch, "dtype": dtype, "graphs": None,
                  "median": result["limit_s_per_frame_per_seq"], "unit": unit})
+    rows.append({"what": "bandwidth bound (weights read once per frame per batch)", "batch": batch, "dtype": dtype,
+                 "graphs": None, "median": result["bandwidth_limit_s_per_frame_per_seq"], "unit": unit})
     for key, what in (("speedup_vs_plain", "engine vs plain generate, same dtype and batch"),
                       ("speedup_vs_best_plain", f"engine vs best plain ({result['best_plain_dtype']})"),
                       ("speedup", f"engine vs naive: {result['speedup_label']}")):
@@ -491,7 +527,10 @@ def prepare(args: argparse.Namespace, say: Say) -> tuple[Any, Any, dict[str, Any
     say(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; engine dtype "
         f"{engine_dtype}; each figure: median (min-max) of {args.repeats} runs' median "
         f"frame time over {args.frames} frames; load average {_load()} (1 / 5 / 15 min) at the start")
+    bandwidth = copy_gb_s(args.device)
+    say(f"memory bandwidth (1 GiB copy, read + written, best of 5): {bandwidth:,.0f} GB/s")
     machine = {"features": features, "flops": flops, "peak_gemm_gflops": peaks, "engine_dtype": engine_dtype,
+               "copy_gb_s": bandwidth,
                "weights_gb_s": weights_gb_s(engine_dtype, args.device),
                "model": {"parameters": params, "backbone_layers": config.num_hidden_layers,
                          "depth_layers": config.depth_decoder_config.num_hidden_layers, "full_size": full}}
@@ -507,6 +546,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="the engine's dtype: auto, bfloat16 or float32")
     parser.add_argument("--graphs", choices=["auto", "on", "off", "both"], default="auto",
                         help="the engine's CUDA graphs (CUDA only; auto: the engine's default, on)")
+    parser.add_argument("--compile", action="store_true", help="the engine's steps through torch.compile")
     parser.add_argument("--skip", choices=["naive", "plain"], action="append", default=[],
                         help="leave a baseline out (repeatable)")
     parser.add_argument("--backbone-layers", type=int, default=16, help="backbone layers (CSM-1B: 16)")

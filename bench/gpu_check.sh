@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine (one H100/H200-class GPU), in under 8 minutes of steps:
+# One prepared check for a GPU machine (one H100/H200-class GPU), in under 10 minutes of steps:
 #   GPU basics (nvidia-smi); every CUDA-only test (pytest -rs, so skips show); the generation benchmark on the
 #   full-size architecture at batch 1, 8, 32 and 64, engine in bf16 with CUDA graphs on and off, against plain
 #   transformers generate in fp32 and bf16; the cross-job benchmark, briefly, with the worker on the GPU, and its
-#   --mixed round (a long job and one-sentence jobs, static vs continuous batching: one JSON object).
+#   --mixed round (a long job and one-sentence jobs, static vs continuous batching: one JSON object); last, the
+#   engine with torch.compile at batch 1 and 64 (figures carry "compiled": true).
 # Prints one JSON line per figure (what, batch, dtype, graphs, value, unit) and writes them to $OUT/gpu_check.jsonl
 # when $OUT is set. Each step has its own timeout, cut to what is left of the overall budget (BUDGET_S, default
-# 450 s); a step that fails or runs out of time makes the exit status 1, the others still run. No GPU: exit 2 at once.
+# 600 s); a step that fails or runs out of time makes the exit status 1, the others still run. No GPU: exit 2 at once.
 #   bench/gpu_check.sh            (PYTHON=... to use an interpreter other than .venv/bin/python)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BUDGET_S=${BUDGET_S:-450}
+BUDGET_S=${BUDGET_S:-600}
 START=$(date +%s)
 FAILED=()
 FIGURES=$(mktemp)
@@ -93,6 +94,10 @@ step "generation, batch 32" 70 "${GEN[@]}" --batch 32 --skip naive
 step "generation, batch 64" 80 "${GEN[@]}" --batch 64 --skip naive
 step "crossjob" 120 "$PY" bench/crossjob.py --device cuda --jobs 8 --figures
 step "crossjob mixed" 150 "$PY" bench/crossjob.py --mixed --repeats 1 --device cuda --model mid-random --json
+# Last, as it may not fit: the engine's steps compiled (ECHOFORGE_TORCH_COMPILE), graphs on; the compile is in the
+# warm-up run, outside the timed frames. The CUDA tests above include the compiled steps under CUDA graphs.
+step "generation, compiled, batch 1 and 64" 200 "$PY" bench/generation.py --device cuda --frames 6 --repeats 3 \
+  --graphs on --figures --batch 1 64 --skip naive --skip plain --compile
 
 echo "== figures ($(grep -c . "$FIGURES") lines)" >&2
 if [ -n "${OUT:-}" ]; then

@@ -27,9 +27,15 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install -c constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu '.[worker]'
 
 FROM ${PYTHON_IMAGE} AS runtime
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HOME=/cache/huggingface
+# ECHOFORGE_TORCH_COMPILE needs a C/C++ compiler (inductor's CPU kernels; Triton's launchers on CUDA):
+#   docker build ... --build-arg WITH_COMPILER=1 (about 200 MB more). Without one, a compile fails and runs eagerly.
+ARG WITH_COMPILER=0
+RUN if [ "$WITH_COMPILER" = 1 ]; then apt-get update && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+    && rm -rf /var/lib/apt/lists/*; fi
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HOME=/cache/huggingface \
+    TORCHINDUCTOR_CACHE_DIR=/cache/inductor
 RUN useradd --uid 10001 --create-home --home-dir /home/echoforge echoforge \
-    && mkdir -p /cache/huggingface && chown echoforge:echoforge /cache/huggingface
+    && mkdir -p /cache/huggingface /cache/inductor && chown echoforge:echoforge /cache/huggingface /cache/inductor
 WORKDIR /home/echoforge
 # The health checks run `celery -A control_app inspect ping` from here: no torch import for a probe.
 COPY deploy/control_app.py ./control_app.py

@@ -208,6 +208,7 @@ def test_dockerfiles_pin_python_and_install_like_ci() -> None:
         assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
         assert re.search(r"pip install -c constraints\.txt ", text)
     assert "pip install -c constraints.txt '.[worker]'" in worker
+    assert "ARG WITH_COMPILER=0" in worker and "g++" in worker, "ECHOFORGE_TORCH_COMPILE needs a compiler on demand"
     assert {"FROM runtime AS cuda", "FROM runtime AS cpu"} <= set(worker.splitlines())
     found = re.search(r"CMD \[(.*?)\]", worker.replace("\\\n", ""), re.S)
     assert found is not None

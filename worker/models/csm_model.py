@@ -144,10 +144,14 @@ class CSMModel(SpeechModel):
         log.info("CSM %s (revision %s) ready on %s in %s", self.model_id, self.revision, self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
-        """Also the compute dtype and, when any CUDA graph capture failed (the depth decoder ran eagerly), why."""
-        failures = self.engine.graph_failures if self.engine is not None else []
+        """Also the compute dtype, whether the engine's steps are compiled and, when any CUDA graph capture or
+        torch.compile failed (that part then ran eagerly), why."""
+        engine = self.engine
+        failures = {"graph_capture_failures": engine.graph_failures if engine else [],
+                    "compile_failures": engine.compile_failures if engine else []}
+        compiled = {"torch_compile": True} if engine and engine.compiled else {}
         return {**super().describe(), "dtype": self.dtype, "format": self.model_format, "codec": self.codec_name,
-                **({"graph_capture_failures": failures} if failures else {})}
+                **compiled, **{k: v for k, v in failures.items() if v}}
 
     def decode(self, codes: Any) -> np.ndarray:
         """Mono float32 audio of codes [frames, codebooks] through the model's codec."""

@@ -49,13 +49,14 @@ class GraphCache:
 
 
 class DepthGraph:
-    """Replays `engine._depth` for up to `batch` rows: inputs copied into the first rows of static tensors (the
-    rest decode stale inputs, ignored), codes cloned out."""
+    """Replays `engine.depth_frame` (eager or compiled) for up to `batch` rows: inputs copied into the first rows
+    of static tensors (the rest decode stale inputs, ignored), codes cloned out."""
 
     def __init__(self, engine: Any, batch: int) -> None:
         hidden_size = engine.model.lm_head.weight.shape[1]
         self.hidden = torch.zeros(batch, hidden_size, device=engine.device, dtype=engine.dtype)
-        self.noise = torch.zeros(batch, engine.codebooks, engine.kmax, device=engine.device)
+        self.draws = torch.ones(batch, engine.codebooks, engine.kmax, device=engine.device)
+        self.ranks = torch.zeros(batch, engine.kmax, device=engine.device)
         self.scale = torch.ones(batch, 1, device=engine.device)
         engine.depth.allocate(batch, engine.codebooks)
         self.kv = engine.depth.kv  # the graph writes into it: keep it alive
@@ -63,16 +64,18 @@ class DepthGraph:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up kernels and allocator outside the graph
-                engine._depth(self.hidden, self.noise, self.scale)
+                engine.depth_frame(self.hidden, self.draws, self.ranks, self.scale)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.codes = engine._depth(self.hidden, self.noise, self.scale)
+            self.codes = engine.depth_frame(self.hidden, self.draws, self.ranks, self.scale)
 
-    def __call__(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, draws: torch.Tensor, ranks: torch.Tensor,
+                 scale: torch.Tensor) -> torch.Tensor:
         rows = len(hidden)
         self.hidden[:rows].copy_(hidden)
-        self.noise[:rows].copy_(noise)
+        self.draws[:rows].copy_(draws)
+        self.ranks[:rows].copy_(ranks)
         self.scale[:rows].copy_(scale)
         self.graph.replay()
         return self.codes[:rows].clone()

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from worker.models.compiled import CompiledStep
 from worker.models.depth_graph import DepthGraph, GraphCache, batch_bucket, k_bucket
-from worker.models.slots import Row, Sampling, Slots
+from worker.models.slots import Row, Sampling, Slots, keep_frame
 from worker.models.stack import Stack, fp32_rotary
 
 __all__ = ["CsmEngine", "OnFrame", "OnRow", "Refill", "Row", "Sampling", "compute_dtype", "fp32_rotary",
@@ -71,7 +72,8 @@ def on_device(device: torch.device | str) -> AbstractContextManager[Any]:
 class CsmEngine:
     """Batched CSM decoding on one device; the model's backbone and depth decoder in `dtype`, the codec in fp32."""
 
-    def __init__(self, model: Any, use_cuda_graphs: bool | None = None, check_every: int = CHECK_EVERY) -> None:
+    def __init__(self, model: Any, use_cuda_graphs: bool | None = None, check_every: int = CHECK_EVERY,
+                 compile_steps: bool = False) -> None:
         self.model = model
         self.config = model.config
         weight = model.lm_head.weight
@@ -81,21 +83,50 @@ class CsmEngine:
         self.eos = int(self.config.codebook_eos_token_id)
         self.backbone = Stack(model.backbone_model, self.device, self.dtype)
         self.depth = Stack(model.depth_decoder.model, self.device, self.dtype)
-        self.heads = model.depth_decoder.codebooks_head.weight  # [codebooks - 1, hidden, vocab]
-        self.suppress = torch.zeros(self.vocab, device=self.device)
-        self.suppress[int(self.config.codec_config.codebook_size):] = float("-inf")
+        # Heads cut to the ids the codec decodes (the rest, padding, is never sampled): [vocab cut, hidden] for
+        # codebook 0, [codebooks - 1, hidden, vocab cut] for the others. Views: no weight is held twice.
+        self.ids = int(self.config.codec_config.codebook_size)
+        self.head0 = weight[: self.ids]
+        self.heads = model.depth_decoder.codebooks_head.weight[..., : self.ids]
         self.use_cuda_graphs = self.device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
-        self.depth_embeds = model.depth_decoder.model.embed_tokens.weight  # [codebooks x vocab, backbone hidden]
+        self.depth_inputs = self._depth_inputs(model.depth_decoder.model)  # [codebooks x vocab, depth hidden]
         self.check_every = max(1, check_every)
         self._open = torch.zeros((), device=self.device, dtype=self.dtype)  # float attention mask: may attend
         self._shut = torch.full((), float("-inf"), device=self.device, dtype=self.dtype)
         self.kmax = 1
         self.top_k: list[int] = []  # per slot: candidates its row samples from (1: greedy or free)
         self.ranks = torch.zeros(0, 1, device=self.device)  # [B, kmax]: 0 for a row's top-k candidates, else -inf
+        self._draws = torch.ones(0, self.codebooks, 1, device=self.device)  # [B, codebooks, kmax]: Exp(1) draws
         self._pinned: torch.Tensor | None = None
         self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._graphs = GraphCache(MAX_GRAPHS)
         self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
+        self.compile_failures: list[str] = []  # torch.compile failures (that step then runs eagerly)
+        self.depth_frame: Callable[..., torch.Tensor] = self._depth  # what _frame and the depth graphs run
+        self.backbone_step: Callable[..., torch.Tensor] = self._backbone
+        self.store_frame: Callable[..., None] = keep_frame
+        model.requires_grad_(False)  # inference only: torch.compile would otherwise trace for autograd
+        if compile_steps:
+            self.compile_steps()
+
+    @torch.inference_mode()
+    def _depth_inputs(self, depth: Any) -> torch.Tensor:
+        """The depth decoder's input for every (codebook, code): its embedding through the projector, computed once
+        here rather than per step (one matmul less per codebook step; it costs a [codebooks x vocab, depth hidden]
+        table, ~134 MB in bf16 for CSM-1B)."""
+        return torch.cat([depth.inputs_embeds_projector(part) for part in depth.embed_tokens.weight.split(4096)])
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.depth_frame, CompiledStep)
+
+    def compile_steps(self) -> None:
+        """Run the depth decoder's frame and the backbone step through torch.compile (worker/models/compiled.py);
+        on CUDA the compiled depth frame is what the depth graphs capture."""
+        self.depth_frame = CompiledStep(self._depth, "depth decoder", self.compile_failures)
+        self.backbone_step = CompiledStep(self._backbone, "backbone step", self.compile_failures)
+        self.store_frame = CompiledStep(keep_frame, "frame store", self.compile_failures)
+        self._graphs = GraphCache(MAX_GRAPHS)
 
     # ---- prompts -------------------------------------------------------------------------------------------------
 
@@ -169,8 +200,9 @@ class CsmEngine:
         self._prefix_kv = {}
         hidden, made = self._admit(slots, rows, None, size), 0
         while hidden is not None:
-            codes = self._frame(hidden, self._noise(slots), slots.scale)
-            slots.store(codes, (codes[:, :-1] == self.eos).all(-1))
+            codes = self._frame(hidden, self._noise(slots), self.ranks, slots.scale)
+            self.store_frame(codes, slots.state, slots.out, slots.index, self.eos)
+            slots.stepped()
             made += 1
             streaming = on_frame is not None and any(row is not None and row.streams for row in slots.rows)
             every = 1 if streaming else self.check_every  # a streaming row's frames are handed on as they are made
@@ -221,15 +253,22 @@ class CsmEngine:
         return self._pinned.tolist()
 
     def _step(self, slots: Slots, codes: torch.Tensor) -> torch.Tensor:
-        """One backbone step for every slot, each row at its own cache slot, all indices on the device; one float
-        attention mask for all layers."""
-        position = slots.position
-        keys = torch.arange(max(slots.lengths) + 1, device=self.device)
+        """One backbone step for every slot; the rows then move on one cache slot."""
+        hidden = self.backbone_step(codes, slots.position, slots.index, max(slots.lengths) + 1, slots.state[1])
+        slots.moved()
+        return hidden
+
+    def _backbone(self, codes: torch.Tensor, position: torch.Tensor, index: torch.Tensor, width: int,
+                  done: torch.Tensor) -> torch.Tensor:
+        """The backbone's hidden state [B, H] after the frame `codes` [B, codebooks], each row at its own cache
+        slot `position`, attending to the first `width` slots; all indices on the device, one float attention mask
+        for all layers. The rows not `done` then move on one slot."""
+        keys = torch.arange(width, device=self.device)
         mask = torch.where(keys <= position[:, None], self._open, self._shut)[:, None, None]
         embeds = self.model.backbone_model.embed_tokens(codes[:, None, :])
         rotary = self.backbone.rotary(position[:, None])
-        hidden = self.backbone.forward(embeds, rotary, position, mask, slots.index)[:, -1]
-        slots.moved()
+        hidden = self.backbone.forward(embeds, rotary, position, mask, index)[:, -1]
+        position.add_(1 - done)
         return hidden
 
     def _admit(self, slots: Slots, rows: list[Row], hidden: torch.Tensor | None, size: int) -> torch.Tensor | None:
@@ -257,10 +296,11 @@ class CsmEngine:
 
     def _rank(self, slots: Slots) -> None:
         """Each slot's top-k (1: greedy or free), their largest, and the mask of each row's candidates."""
-        self.top_k = [1 if r is None or r.sampling.greedy else min(r.sampling.top_k, self.vocab) for r in slots.rows]
-        self.kmax = k_bucket(max(self.top_k), self.vocab)  # few widths: few graphs
+        self.top_k = [1 if r is None or r.sampling.greedy else min(r.sampling.top_k, self.ids) for r in slots.rows]
+        self.kmax = k_bucket(max(self.top_k), self.ids)  # few widths: few graphs
         candidates = torch.arange(self.kmax, device=self.device) < torch.tensor(self.top_k, device=self.device)[:, None]
         self.ranks = torch.zeros(candidates.shape, device=self.device).masked_fill_(~candidates, float("-inf"))
+        self._draws = torch.ones(len(slots), self.codebooks, self.kmax, device=self.device)
 
     def _prefill_rows(self, rows: list[Row], slots: list[int]) -> torch.Tensor:
         """Prefill `rows` together (each prompt right-aligned after the longest prefix), then copy each row's K/V
@@ -331,46 +371,55 @@ class CsmEngine:
         return generator
 
     def _noise(self, slots: Slots) -> torch.Tensor:
-        """Gumbel noise for each row's top-k candidates [B, codebooks, kmax]: -log E, E ~ Exp(1) drawn by the row's
-        own generator (its k per codebook, whatever shares the batch), -inf past its k; 0 for greedy rows."""
-        noise = torch.ones(len(slots), self.codebooks, self.kmax, device=self.device)
+        """Exp(1) draws for each row's top-k candidates [B, codebooks, kmax] (the Gumbel noise is -log of them), by
+        the row's own generator: its k per codebook, whatever shares the batch; 1 (no noise) for greedy rows."""
         for i, generator in enumerate(slots.generators):
-            if generator is not None:
-                draw = torch.empty(self.codebooks, self.top_k[i], device=self.device)
-                noise[i, :, : self.top_k[i]] = draw.exponential_(generator=generator)
-        return self.ranks[:, None] - noise.log()
+            k = self.top_k[i]
+            if generator is None:
+                continue
+            if k == self.kmax:  # contiguous: drawn in place, the same values as a fresh [codebooks, k] tensor
+                self._draws[i].exponential_(generator=generator)
+            else:
+                self._draws[i, :, :k] = torch.empty(self.codebooks, k, device=self.device).exponential_(
+                    generator=generator)
+        return self._draws
 
     def _pick(self, logits: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Temperature and the codec's ids, top-k, then the Gumbel race over the candidates: argmax(log p + G)."""
-        scores = torch.addcmul(self.suppress, logits.float(), scale)
+        """Top-k, then the Gumbel race over the candidates at the row's temperature: argmax(log p / T + G) (top-k of
+        logits / T is top-k of the logits: the temperature is applied to the k candidates only)."""
+        logits = logits.float()
         if self.kmax == 1:
-            return scores.argmax(-1)
-        top = scores.topk(self.kmax, dim=-1)
-        return top.indices.gather(-1, (top.values + noise).argmax(-1, keepdim=True))[:, 0]
+            return logits.argmax(-1)
+        top = logits.topk(self.kmax, dim=-1)
+        return top.indices.gather(-1, torch.addcmul(noise, top.values, scale).argmax(-1, keepdim=True))[:, 0]
 
-    def _frame(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _frame(self, hidden: torch.Tensor, draws: torch.Tensor, ranks: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
         """The codes of one frame [B, codebooks] from the backbone's last hidden state [B, H]."""
         if self.use_cuda_graphs:
             graph = self._graph(hidden.shape[0])
             if graph is not None:
-                return graph(hidden, noise, scale)
+                return graph(hidden, draws, ranks, scale)
         if self.depth.batch != hidden.shape[0]:
             self.depth.allocate(hidden.shape[0], self.codebooks)
-        return self._depth(hidden, noise, scale)
+        return self.depth_frame(hidden, draws, ranks, scale)
 
-    def _depth(self, hidden: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Codebook 0 from the backbone, then 31 depth-decoder steps; static shapes, no host sync (graph-safe)."""
+    def _depth(self, hidden: torch.Tensor, draws: torch.Tensor, ranks: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
+        """Codebook 0 from the backbone, then 31 depth-decoder steps; static shapes, no host sync (graph-safe).
+        The Gumbel noise of each row's candidates is -log of its Exp(1) `draws`, -inf past its top k (`ranks`)."""
+        noise = ranks[:, None] - draws.log()
         projector, vocab = self.model.depth_decoder.model.inputs_embeds_projector, self.vocab
         cos, sin = self.depth.cos[:, None], self.depth.sin[:, None]  # [positions, 1, heads, head dim]
-        code = self._pick(self.model.lm_head(hidden), noise[:, 0], scale)
+        code = self._pick(hidden @ self.head0.t(), noise[:, 0], scale)
         codes = [code]
-        x = projector(torch.stack([hidden, F.embedding(code, self.depth_embeds[:vocab])], dim=1))
+        x = torch.stack([projector(hidden), F.embedding(code, self.depth_inputs[:vocab])], dim=1)
         out = self.depth.forward(x, (cos[:2].transpose(0, 1), sin[:2].transpose(0, 1)), 0, None)
         for j in range(1, self.codebooks):
             code = self._pick(out[:, -1] @ self.heads[j - 1], noise[:, j], scale)
             codes.append(code)
             if j < self.codebooks - 1:
-                x = projector(F.embedding(code, self.depth_embeds[j * vocab: (j + 1) * vocab]))[:, None]
+                x = F.embedding(code, self.depth_inputs[j * vocab: (j + 1) * vocab])[:, None]
                 out = self.depth.forward(x, (cos[j + 1][None], sin[j + 1][None]), j + 1, None)
         return torch.stack(codes, dim=1)
 

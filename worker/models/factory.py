@@ -34,6 +34,8 @@ def create_csm_model(
     model.batch_size = settings.batch_size
     if isinstance(model, CSMModel) and model.engine is not None:
         model.engine.check_every = settings.end_check_frames
+        if settings.torch_compile:
+            model.engine.compile_steps()
     return model
 
 

@@ -8,7 +8,7 @@ import torch
 
 from producer.request import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 
-__all__ = ["Row", "Sampling", "Slots"]
+__all__ = ["Row", "Sampling", "Slots", "keep_frame"]
 
 
 @dataclass(frozen=True)
@@ -108,20 +108,14 @@ class Slots:
         self.state, self.position = self.state[:, index], self.position[index]
         self.index = torch.arange(len(slots), device=self.device)
 
-    def store(self, codes: torch.Tensor, ended: torch.Tensor) -> None:
-        """Keep codes [B, codebooks] of one frame in every slot whose row has not ended (`ended` [B]: this frame
-        is its end frame), all on the device; the host counts the frames each row has stepped."""
-        kept, done = self.state[0], self.state[1]
-        done.bitwise_or_(ended)
-        self.out.index_put_((self.index, kept), codes)  # past the kept frames where a row has ended: ignored
-        kept.add_(1 - done)
+    def stepped(self) -> None:
+        """Every row made one more frame (the host's count; the device keeps the frames with `keep_frame`)."""
         for i, row in enumerate(self.rows):
             if row is not None:
                 self.frames[i] += 1
 
     def moved(self) -> None:
-        """The rows still going moved one cache slot on (after the backbone step)."""
-        self.position.add_(1 - self.state[1])
+        """The rows still going moved one cache slot on (the backbone step moved `position` on the device)."""
         for i, row in enumerate(self.rows):
             if row is not None:
                 self.lengths[i] += 1
@@ -134,3 +128,13 @@ class Slots:
         self.rows[slot], self.generators[slot] = None, None
         self.state[0, slot], self.state[1, slot] = 0, 1  # a free slot's frames go to its row 0, never past the end
         return row, codes
+
+
+def keep_frame(codes: torch.Tensor, state: torch.Tensor, out: torch.Tensor, index: torch.Tensor, eos: int) -> None:
+    """Keep codes [B, codebooks] of one frame in `out` for every slot whose row has not ended, all on the device
+    (`state` and `index` of Slots): a frame whose codes but the last are all `eos` is its row's end frame, not kept;
+    past a row's end its frames are written past its kept ones and ignored."""
+    kept, done = state[0], state[1]
+    done.bitwise_or_((codes[:, :-1] == eos).all(-1))
+    out.index_put_((index, kept), codes)
+    kept.add_(1 - done)

@@ -140,15 +140,16 @@ class Stack:
         return F.rms_norm(x, (self.hidden,), self.norm, self.eps)
 
     def _write(self, i: int, kv: torch.Tensor, start: int | torch.Tensor, mask: torch.Tensor | None,
-               rows: torch.Tensor | None) -> int:
-        """Store the new keys and values [B, 2 x kv heads, T, head dim] in one op; the number of slots to attend to."""
+               rows: torch.Tensor | None) -> Any:
+        """Store the new keys and values [B, 2 x kv heads, T, head dim] in one op; the number of slots to attend to
+        (the mask's width as it is: under torch.compile a dynamic size, which int() would fix to one value)."""
         if isinstance(start, int):
             end = start + kv.shape[2]
             self.kv[i, :, :, start:end] = kv
             return end
         assert mask is not None and rows is not None and kv.shape[2] == 1, "a step per row needs its mask and rows"
         self.kv[i].transpose(1, 2).index_put_((rows, start), kv[:, :, 0])  # [B, slots, heads, dim]: each row's slot
-        return int(mask.shape[-1])
+        return mask.shape[-1]
 
     def _attend(self, i: int, layer: Layer, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                 start: int | torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
