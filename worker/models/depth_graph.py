@@ -50,9 +50,11 @@ class GraphCache:
 
 class DepthGraph:
     """Replays `engine.depth_frame` (eager or compiled) for up to `batch` rows: inputs copied into the first rows
-    of static tensors (the rest decode stale inputs, ignored), codes cloned out."""
+    of static tensors (the rest decode stale inputs, ignored), codes cloned out. Graphs may share one memory `pool`:
+    they replay one after another on one stream, each rewriting its intermediates before it reads them, and each
+    graph's output stays allocated while the graph lives."""
 
-    def __init__(self, engine: Any, batch: int) -> None:
+    def __init__(self, engine: Any, batch: int, pool: Any = None) -> None:
         hidden_size = engine.model.lm_head.weight.shape[1]
         self.hidden = torch.zeros(batch, hidden_size, device=engine.device, dtype=engine.dtype)
         self.draws = torch.ones(batch, engine.codebooks, engine.kmax, device=engine.device)
@@ -67,7 +69,7 @@ class DepthGraph:
                 engine.depth_frame(self.hidden, self.draws, self.ranks, self.scale)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=pool):  # a pool shared by graphs that never replay at once
             self.codes = engine.depth_frame(self.hidden, self.draws, self.ranks, self.scale)
 
     def __call__(self, hidden: torch.Tensor, draws: torch.Tensor, ranks: torch.Tensor,

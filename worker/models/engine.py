@@ -100,6 +100,7 @@ class CsmEngine:
         self._pinned: torch.Tensor | None = None
         self._prefix_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._graphs = GraphCache(MAX_GRAPHS)
+        self._graph_pool: Any = None
         self.graph_failures: list[str] = []  # CUDA graph captures that failed (the depth decoder then runs eagerly)
         self.compile_failures: list[str] = []  # torch.compile failures (that step then runs eagerly)
         self.depth_frame: Callable[..., torch.Tensor] = self._depth  # what _frame and the depth graphs run
@@ -430,7 +431,9 @@ class CsmEngine:
 
     def _capture(self, batch: int) -> Any:
         try:
-            return DepthGraph(self, batch)
+            if self._graph_pool is None:  # one memory pool for every graph: replays never overlap
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            return DepthGraph(self, batch, self._graph_pool)
         except Exception as e:  # capture is an optimization: never a reason to fail a job
             failure = f"batch {batch}: {type(e).__name__}: {str(e)[:200]}"
             log.warning("CUDA graph capture failed at %s; running the depth decoder eagerly", failure)
