@@ -22,11 +22,12 @@ the memory bandwidth measured here by a 1 GiB copy; it bounds small batches on a
 model's FLOPs per frame (weights only, from the config: backbone + 32 depth-decoder positions + heads) at the peak
 GEMM throughput measured here with large square matrices in that dtype; it bounds large batches. No frame can cost
 less than either; real frames also pay for attention, sampling and kernel launches. Ratios are labelled for what
-they compare (engine alone, dtype, batching). `--compile` runs the engine with its steps compiled
-(ECHOFORGE_TORCH_COMPILE); the compile happens in the warm-up frames, outside the timed ones.
+they compare (engine alone, dtype, batching). `--compile on` runs the engine with its steps compiled
+(ECHOFORGE_TORCH_COMPILE); `--compile both` times the eager engine, then the same engine compiled, in one run, and
+prints the ratio. The compile happens in the warm-up frames, outside the timed ones.
 
-    ./dev bench generation [--frames 4] [--batch 32 [64 ...]] [--repeats 3] [--device cpu|cuda] [--compile]
-                           [--json|--figures]
+    ./dev bench generation [--frames 4] [--batch 32 [64 ...]] [--repeats 3] [--device cpu|cuda]
+                           [--compile off|on|both] [--json|--figures]
 """
 
 from __future__ import annotations
@@ -339,6 +340,7 @@ class Measured:
     naive: Timing | None
     plain: dict[tuple[str, int], Timing]
     engine: dict[tuple[int, bool | None], Timing]
+    compiled: dict[int, Timing]  # with --compile both: the compiled engine by batch (graphs as the first setting)
 
 
 def graph_settings(args: argparse.Namespace) -> list[bool | None]:
@@ -350,7 +352,7 @@ def graph_settings(args: argparse.Namespace) -> list[bool | None]:
 
 def measure_paths(args: argparse.Namespace, processor: Any, model: Any, engine_dtype: str, say: Say) -> Measured:
     """Each dtype in turn (fp32 first, for naive): plain at every batch, then the engine in its own dtype."""
-    measured = Measured(None, {}, {})
+    measured = Measured(None, {}, {}, {})
     frames, repeats, device = args.frames, args.repeats, args.device
     for dtype in [*DTYPES, *([engine_dtype] if engine_dtype not in DTYPES else [])]:
         cast(model, dtype)
@@ -365,7 +367,7 @@ def measure_paths(args: argparse.Namespace, processor: Any, model: Any, engine_d
             continue
         layer = CSMModel.from_loaded(processor, model, device=device, dtype=dtype, model_id="random-full-size")
         assert layer.engine is not None
-        if args.compile:
+        if args.compile == "on":
             layer.engine.compile_steps()
         for batch in args.batch:
             for graphs in graph_settings(args):
@@ -375,8 +377,23 @@ def measure_paths(args: argparse.Namespace, processor: Any, model: Any, engine_d
                 measured.engine[(batch, graphs)] = timing
                 say(f"engine  generate_batch   {dtype:<9} batch {batch:<4} graphs {_graphs(graphs):<4}  "
                     f"{timing.text()} s/frame/seq")
+        if args.compile == "both":  # the same engine again, its steps compiled, at the first graph setting
+            measure_compiled(args, layer, dtype, measured, say)
         layer.engine = None  # the next dtype recasts the same weights
     return measured
+
+
+def measure_compiled(args: argparse.Namespace, layer: CSMModel, dtype: str, measured: Measured, say: Say) -> None:
+    assert layer.engine is not None
+    layer.engine.compile_steps()
+    graphs = graph_settings(args)[0]
+    if graphs is not None:
+        layer.engine.use_cuda_graphs = graphs
+    for batch in args.batch:
+        measured.compiled[batch] = timing = engine_generate(layer, args.frames, batch, args.repeats)
+        say(f"engine  compiled         {dtype:<9} batch {batch:<4} graphs {_graphs(graphs):<4}  "
+            f"{timing.text()} s/frame/seq")
+    assert not layer.engine.compile_failures, f"torch.compile failed: {layer.engine.compile_failures}"
 
 
 def _graphs(graphs: bool | None) -> str:
@@ -409,14 +426,16 @@ def batch_result(args: argparse.Namespace, batch: int, measured: Measured, machi
     weight_bytes = flops / 2 * torch.finfo(getattr(torch, dtype)).bits / 8
     bandwidth_limit = weight_bytes / (machine["copy_gb_s"] * 1e9) / batch
     timings = {"naive": measured.naive, "engine": engine, **{f"plain_{d}": t for d, t in by_dtype.items()},
-               **{f"engine_graphs_{_graphs(g)}": measured.engine[(batch, g)] for g in graphs if g is not None}}
+               **{f"engine_graphs_{_graphs(g)}": measured.engine[(batch, g)] for g in graphs if g is not None},
+               "engine_compiled": measured.compiled.get(batch)}
     return _round({
         "naive_s_per_frame": measured.naive.median if measured.naive else None,
         "plain_s_per_frame_per_seq": same.median if same else None,
         "plain_same_dtype_s_per_frame_per_seq": same.median if same else None,
         "plain_s_per_frame_per_seq_by_dtype": {d: t.median for d, t in by_dtype.items()},
         "best_plain_s_per_frame_per_seq": best.median if best else None, "best_plain_dtype": best_dtype,
-        "engine_s_per_frame_per_seq": engine.median, "engine_cuda_graphs": graphs[0], "engine_compiled": args.compile,
+        "engine_s_per_frame_per_seq": engine.median, "engine_cuda_graphs": graphs[0],
+        "engine_compiled": args.compile == "on", "compiled_vs_eager": _ratio(engine, measured.compiled.get(batch)),
         "batch_size": batch, "speedup": _ratio(measured.naive, engine), "speedup_label": _naive_label(batch, dtype),
         "speedup_vs_plain": _ratio(same, engine), "speedup_vs_best_plain": _ratio(best, engine),
         "aggregate_rtf": engine.median / FRAME_S, "device": args.device, "engine_dtype": dtype,
@@ -455,6 +474,9 @@ def report(result: dict[str, Any], say: Say) -> None:
     if len(by_dtype) == 2:
         say(f"   dtype alone (plain float32 / plain bfloat16, batch {batch}): "
             f"{by_dtype['float32'] / by_dtype['bfloat16']:.2f}x")
+    if result["compiled_vs_eager"] is not None:
+        say(f"   compiled steps alone (eager / compiled engine, same dtype, batch and graphs): "
+            f"{result['compiled_vs_eager']:.2f}x")
     if result["speedup"] is not None:
         say(f"   vs naive, i.e. {result['speedup_label']}: {result['speedup']:.2f}x")
     say(f"   aggregate RTF {result['aggregate_rtf']:.4f}; compute bound {result['limit_s_per_frame_per_seq']:.4f} "
@@ -485,13 +507,17 @@ def figures(result: dict[str, Any], graphs: list[bool | None]) -> list[dict[str,
         timing = timings.get(f"engine_graphs_{_graphs(g)}", timings["engine"])
         rows.append({"what": "engine generate_batch", "batch": batch, "dtype": dtype, "graphs": g, **timing,
                      "unit": unit})
+    if "engine_compiled" in timings:
+        rows.append({"what": "engine generate_batch, steps compiled", "batch": batch, "dtype": dtype,
+                     "graphs": graphs[0], **timings["engine_compiled"], "unit": unit})
     rows.append({"what": "compute bound (a floor, not a promise)", "batch": batch, "dtype": dtype, "graphs": None,
                  "median": result["limit_s_per_frame_per_seq"], "unit": unit})
     rows.append({"what": "bandwidth bound (weights read once per frame per batch)", "batch": batch, "dtype": dtype,
                  "graphs": None, "median": result["bandwidth_limit_s_per_frame_per_seq"], "unit": unit})
     for key, what in (("speedup_vs_plain", "engine vs plain generate, same dtype and batch"),
                       ("speedup_vs_best_plain", f"engine vs best plain ({result['best_plain_dtype']})"),
-                      ("speedup", f"engine vs naive: {result['speedup_label']}")):
+                      ("speedup", f"engine vs naive: {result['speedup_label']}"),
+                      ("compiled_vs_eager", "compiled engine vs eager engine, same dtype, batch and graphs")):
         if result[key] is not None:
             rows.append({"what": what, "batch": batch, "dtype": dtype, "graphs": graphs[0], "median": result[key],
                          "unit": "x"})
@@ -546,7 +572,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="the engine's dtype: auto, bfloat16 or float32")
     parser.add_argument("--graphs", choices=["auto", "on", "off", "both"], default="auto",
                         help="the engine's CUDA graphs (CUDA only; auto: the engine's default, on)")
-    parser.add_argument("--compile", action="store_true", help="the engine's steps through torch.compile")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                        help="the engine's steps through torch.compile (both: eager, then compiled, same run)")
     parser.add_argument("--skip", choices=["naive", "plain"], action="append", default=[],
                         help="leave a baseline out (repeatable)")
     parser.add_argument("--backbone-layers", type=int, default=16, help="backbone layers (CSM-1B: 16)")

@@ -4,7 +4,7 @@
 #   full-size architecture at batch 1, 8, 32 and 64, engine in bf16 with CUDA graphs on and off, against plain
 #   transformers generate in fp32 and bf16; the cross-job benchmark, briefly, with the worker on the GPU, and its
 #   --mixed round (a long job and one-sentence jobs, static vs continuous batching: one JSON object); last, the
-#   engine with torch.compile at batch 1 and 64 (figures carry "compiled": true).
+#   engine eager and with torch.compile at batch 1 and 64, in one run.
 # Prints one JSON line per figure (what, batch, dtype, graphs, value, unit) and writes them to $OUT/gpu_check.jsonl
 # when $OUT is set. Each step has its own timeout, cut to what is left of the overall budget (BUDGET_S, default
 # 600 s); a step that fails or runs out of time makes the exit status 1, the others still run. No GPU: exit 2 at once.
@@ -94,10 +94,11 @@ step "generation, batch 32" 70 "${GEN[@]}" --batch 32 --skip naive
 step "generation, batch 64" 80 "${GEN[@]}" --batch 64 --skip naive
 step "crossjob" 120 "$PY" bench/crossjob.py --device cuda --jobs 8 --figures
 step "crossjob mixed" 150 "$PY" bench/crossjob.py --mixed --repeats 1 --device cuda --model mid-random --json
-# Last, as it may not fit: the engine's steps compiled (ECHOFORGE_TORCH_COMPILE), graphs on; the compile is in the
-# warm-up run, outside the timed frames. The CUDA tests above include the compiled steps under CUDA graphs.
-step "generation, compiled, batch 1 and 64" 200 "$PY" bench/generation.py --device cuda --frames 6 --repeats 3 \
-  --graphs on --figures --batch 1 64 --skip naive --skip plain --compile
+# Last, as it may not fit: the engine eager, then its steps compiled (ECHOFORGE_TORCH_COMPILE), graphs on, in one
+# run (the ratio is a figure); the compile is in the warm-up run, outside the timed frames. The CUDA tests above
+# include the compiled steps under CUDA graphs.
+step "generation, eager vs compiled, batch 1 and 64" 240 "$PY" bench/generation.py --device cuda --frames 6 \
+  --repeats 3 --graphs on --figures --batch 1 64 --skip naive --skip plain --compile both
 
 echo "== figures ($(grep -c . "$FIGURES") lines)" >&2
 if [ -n "${OUT:-}" ]; then
