@@ -103,7 +103,9 @@ def kernel_calls(source: str) -> int:
 
 
 def compiled_launches(step: CompiledStep, args: tuple[Any, ...]) -> int:
-    """Kernels per call of a compiled step, from the code inductor generates for `args` (compiled afresh)."""
+    """Kernels per call of a compiled step, from the code inductor generates for `args`, compiled afresh with their
+    shapes fixed (the run may have used a dynamic-shape compile of the same step: the same kernels, sizes symbolic).
+    It runs the step once more on the finished run's buffers, which nothing reads after."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 

@@ -132,12 +132,14 @@ def _layer_weights(config: Any) -> int:
 
 def frame_flops(config: Any) -> dict[str, float]:
     """FLOPs (2 x multiply-adds) of one frame of one sequence, weights only, from the config: one backbone step and
-    codebook 0's head; the depth decoder at its 32 positions (input projector + layers) and the other 31 heads."""
+    codebook 0's head; the depth decoder's layers at its 32 positions, its input projector once (on the backbone's
+    state: the codes' inputs are projected once at load) and the other 31 heads."""
     depth = config.depth_decoder_config
     backbone = config.num_hidden_layers * _layer_weights(config) + config.hidden_size * config.vocab_size
-    position = depth.num_hidden_layers * _layer_weights(depth) + depth.backbone_hidden_size * depth.hidden_size
+    layers = config.num_codebooks * depth.num_hidden_layers * _layer_weights(depth)
+    projector = depth.backbone_hidden_size * depth.hidden_size
     heads = (config.num_codebooks - 1) * depth.hidden_size * depth.vocab_size
-    return {"backbone": 2.0 * backbone, "depth_decoder": 2.0 * (config.num_codebooks * position + heads)}
+    return {"backbone": 2.0 * backbone, "depth_decoder": 2.0 * (layers + projector + heads)}
 
 
 # ---- the machine -----------------------------------------------------------------------------------------------

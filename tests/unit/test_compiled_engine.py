@@ -73,6 +73,17 @@ def test_a_failed_compile_is_recorded_and_the_step_runs_eagerly(
     torch._dynamo.reset()  # the next compile starts afresh, its cache writable again
 
 
+def test_a_step_past_the_recompile_limit_runs_eagerly(eager: CSMModel, tiny_checkpoint: Path) -> None:
+    # Every new shape (here the batch, shrinking as rows leave) is one more compile; past the limit dynamo raises.
+    torch._dynamo.reset()
+    model = _compiled_model(tiny_checkpoint)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        codes = _codes(model, SAMPLINGS["greedy"])
+    assert all(torch.equal(a, b) for a, b in zip(codes, _codes(eager, SAMPLINGS["greedy"]), strict=True))
+    assert any("FailOnRecompileLimitHit" in failure for failure in model.describe()["compile_failures"])
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("how", SAMPLINGS)
 def test_compiled_steps_give_the_eager_codes(eager: CSMModel, tiny_checkpoint: Path, how: str) -> None:
     model = _compiled_model(tiny_checkpoint)

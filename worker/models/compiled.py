@@ -15,6 +15,10 @@ __all__ = ["CompiledStep"]
 
 log = logging.getLogger(__name__)
 
+# Raised while tracing or compiling, before anything ran. FailOnRecompileLimitHit (a step's shapes changed more than
+# torch._dynamo.config.recompile_limit times: fullgraph turns the fallback into an error) is not a TorchDynamoException.
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+
 
 class CompiledStep:
     """`fn` through torch.compile(fullgraph=True): a graph break (a host sync such as `.tolist()` included) is a
@@ -37,7 +41,7 @@ class CompiledStep:
                 out = self.compiled(*args)
                 self.calls += 1
                 return out
-            except torch._dynamo.exc.TorchDynamoException as e:  # raised before the step ran: safe to run it eagerly
+            except COMPILE_ERRORS as e:  # raised before the step ran: safe to run it eagerly
                 self._failed(e)
         return self.fn(*args)
 

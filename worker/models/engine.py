@@ -106,7 +106,7 @@ class CsmEngine:
         self.depth_frame: Callable[..., torch.Tensor] = self._depth  # what _frame and the depth graphs run
         self.backbone_step: Callable[..., torch.Tensor] = self._backbone
         self.store_frame: Callable[..., None] = keep_frame
-        model.requires_grad_(False)  # inference only: torch.compile would otherwise trace for autograd
+        model.requires_grad_(False)  # the caller's model, for inference only: torch.compile would trace for autograd
         if compile_steps:
             self.compile_steps()
 

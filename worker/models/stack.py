@@ -80,6 +80,8 @@ class Stack:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.cos, self.sin = self._rotary_tables(model, config, device, dtype)
         self.kv = torch.empty(0)
+        self._layer_index = [torch.tensor(i, device=device) for i in range(len(self.layers))]
+        self._kv_rows = torch.arange(2 * self.kv_heads, device=device)[None]  # keys', then values' heads
 
     def _rotary_tables(self, model: Any, config: Any, device: torch.device,
                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +150,9 @@ class Stack:
             self.kv[i, :, :, start:end] = kv
             return end
         assert mask is not None and rows is not None and kv.shape[2] == 1, "a step per row needs its mask and rows"
-        self.kv[i].transpose(1, 2).index_put_((rows, start), kv[:, :, 0])  # [B, slots, heads, dim]: each row's slot
+        # Indexed on the cache itself, not on a view of it: torch.compile then writes the B slots in place (through
+        # a view it copied the whole cache every step).
+        self.kv.index_put_((self._layer_index[i], rows[:, None], self._kv_rows, start[:, None]), kv[:, :, 0])
         return mask.shape[-1]
 
     def _attend(self, i: int, layer: Layer, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
