@@ -56,7 +56,9 @@ from worker.models.engine import compute_dtype
 
 TEXT = "The lighthouse keeper counted the waves before the dawn, and each one sang."
 FRAME_S = 0.08
-WARM_FRAMES = 4  # the warm-up run: long enough that a compiled backbone step meets a second key width
+# Warm-up runs of these lengths: a compiled backbone step meets a second key width and a second cache width (runs
+# of different lengths size their caches differently), so its dynamic compile is done before anything is timed.
+WARM_FRAMES = (4, 5)
 DTYPES = ("float32", "bfloat16")
 Say = Callable[[str], None]
 
@@ -247,10 +249,11 @@ Stamps = list[float]
 
 
 def _frame_times(run: Callable[[int, Stamps], None], frames: int, repeats: int, device: str) -> Timing:
-    """Seconds per frame: after one warm-up run of WARM_FRAMES frames, `repeats` runs of 1 + `frames` frames,
+    """Seconds per frame: after warm-up runs of WARM_FRAMES frames, `repeats` runs of 1 + `frames` frames,
     each stamping the end of every frame; a run's figure is the median of its `frames` frame-to-frame intervals
     (the first frame, which carries the prefill, and the codec decode after the last are outside them)."""
-    run(WARM_FRAMES, [])
+    for warm in WARM_FRAMES:
+        run(warm, [])
     samples, outside = [], []
     for _ in range(repeats):
         stamps: Stamps = []
@@ -373,29 +376,26 @@ def measure_paths(args: argparse.Namespace, processor: Any, model: Any, engine_d
             layer.engine.compile_steps()
         for batch in args.batch:
             for graphs in graph_settings(args):
-                if graphs is not None:
-                    layer.engine.use_cuda_graphs = graphs
-                timing = engine_generate(layer, frames, batch, repeats)
-                measured.engine[(batch, graphs)] = timing
-                say(f"engine  generate_batch   {dtype:<9} batch {batch:<4} graphs {_graphs(graphs):<4}  "
-                    f"{timing.text()} s/frame/seq")
+                measured.engine[(batch, graphs)] = time_engine(args, layer, batch, graphs, "generate_batch", say)
         if args.compile == "both":  # the same engine again, its steps compiled, at the first graph setting
-            measure_compiled(args, layer, dtype, measured, say)
+            layer.engine.compile_steps()
+            for batch in args.batch:
+                measured.compiled[batch] = time_engine(args, layer, batch, graph_settings(args)[0], "compiled", say)
+            assert not layer.engine.compile_failures, f"torch.compile failed: {layer.engine.compile_failures}"
         layer.engine = None  # the next dtype recasts the same weights
     return measured
 
 
-def measure_compiled(args: argparse.Namespace, layer: CSMModel, dtype: str, measured: Measured, say: Say) -> None:
+def time_engine(args: argparse.Namespace, layer: CSMModel, batch: int, graphs: bool | None, label: str,
+                say: Say) -> Timing:
+    """The engine's seconds per frame per sequence at `batch` with CUDA graphs `graphs` (None: as it is)."""
     assert layer.engine is not None
-    layer.engine.compile_steps()
-    graphs = graph_settings(args)[0]
     if graphs is not None:
         layer.engine.use_cuda_graphs = graphs
-    for batch in args.batch:
-        measured.compiled[batch] = timing = engine_generate(layer, args.frames, batch, args.repeats)
-        say(f"engine  compiled         {dtype:<9} batch {batch:<4} graphs {_graphs(graphs):<4}  "
-            f"{timing.text()} s/frame/seq")
-    assert not layer.engine.compile_failures, f"torch.compile failed: {layer.engine.compile_failures}"
+    timing = engine_generate(layer, args.frames, batch, args.repeats)
+    say(f"engine  {label:<16} {layer.dtype:<9} batch {batch:<4} graphs {_graphs(graphs):<4}  "
+        f"{timing.text()} s/frame/seq")
+    return timing
 
 
 def _graphs(graphs: bool | None) -> str:

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # The generation loop reads its rows' end state (its one host-device sync) every this many frames; a row's end
     # is seen up to this many frames - 1 late (those frames are computed and discarded).
     end_check_frames: int = Field(default=8, ge=1, le=64)
-    # Run the depth decoder's frame and the backbone step through torch.compile (fused kernels, fewer launches per
-    # frame); the first batch of each new shape waits for the compile. Off until measured on your GPU.
+    # Run the engine's depth-decoder frame, backbone step and frame store through torch.compile (fused kernels, fewer
+    # launches per frame); the first batch of each new shape waits for the compile. Off until measured on your GPU.
     torch_compile: bool = False
 
     job_time_limit_s: int = Field(default=4 * 3600, ge=10)

@@ -72,8 +72,7 @@ def on_device(device: torch.device | str) -> AbstractContextManager[Any]:
 class CsmEngine:
     """Batched CSM decoding on one device; the model's backbone and depth decoder in `dtype`, the codec in fp32."""
 
-    def __init__(self, model: Any, use_cuda_graphs: bool | None = None, check_every: int = CHECK_EVERY,
-                 compile_steps: bool = False) -> None:
+    def __init__(self, model: Any, use_cuda_graphs: bool | None = None, check_every: int = CHECK_EVERY) -> None:
         self.model = model
         self.config = model.config
         weight = model.lm_head.weight
@@ -107,8 +106,6 @@ class CsmEngine:
         self.backbone_step: Callable[..., torch.Tensor] = self._backbone
         self.store_frame: Callable[..., None] = keep_frame
         model.requires_grad_(False)  # the caller's model, for inference only: torch.compile would trace for autograd
-        if compile_steps:
-            self.compile_steps()
 
     @torch.inference_mode()
     def _depth_inputs(self, depth: Any) -> torch.Tensor:
@@ -122,8 +119,8 @@ class CsmEngine:
         return isinstance(self.depth_frame, CompiledStep)
 
     def compile_steps(self) -> None:
-        """Run the depth decoder's frame and the backbone step through torch.compile (worker/models/compiled.py);
-        on CUDA the compiled depth frame is what the depth graphs capture."""
+        """Run the depth decoder's frame, the backbone step and the frame store through torch.compile
+        (worker/models/compiled.py); on CUDA the compiled depth frame is what the depth graphs capture."""
         self.depth_frame = CompiledStep(self._depth, "depth decoder", self.compile_failures)
         self.backbone_step = CompiledStep(self._backbone, "backbone step", self.compile_failures)
         self.store_frame = CompiledStep(keep_frame, "frame store", self.compile_failures)
@@ -375,9 +372,9 @@ class CsmEngine:
         """Exp(1) draws for each row's top-k candidates [B, codebooks, kmax] (the Gumbel noise is -log of them), by
         the row's own generator: its k per codebook, whatever shares the batch; 1 (no noise) for greedy rows."""
         for i, generator in enumerate(slots.generators):
-            k = self.top_k[i]
             if generator is None:
                 continue
+            k = self.top_k[i]
             if k == self.kmax:  # contiguous: drawn in place, the same values as a fresh [codebooks, k] tensor
                 self._draws[i].exponential_(generator=generator)
             else:
