@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum
 from typing import ClassVar
 
@@ -26,6 +27,8 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "WebhookAddressError",
     "WebhookAddressRefusedError",
+    "error_chain",
+    "time_limit_hit",
 ]
 
 
@@ -178,3 +181,19 @@ class NarrationTimeoutError(EchoForgeError):
     """The job ran past its soft time limit."""
 
     code = ErrorCode.TIMEOUT
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, then what caused it or was being handled when it was raised, and so on."""
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def time_limit_hit(error: BaseException) -> bool:
+    """Celery's soft time limit is somewhere in the chain: it interrupted whatever the job was doing (an upload, a
+    Redis call), and a library may have wrapped it; the job timed out, whatever wrapped it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    return any(isinstance(e, SoftTimeLimitExceeded) for e in error_chain(error))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from producer.errors import StorageError, StorageUnavailableError
+from producer.errors import StorageError, StorageUnavailableError, error_chain, time_limit_hit
 from producer.settings import Settings
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
@@ -155,7 +155,9 @@ class S3Storage(Storage):
                 import boto3
                 from botocore.config import Config
 
-                config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+                # One attempt per call: `_retrying` is the only retry loop, so it sees every failure (botocore's
+                # own retry would swallow a Celery time limit raised mid-request and carry on).
+                config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5,
                                 read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
                 self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
             return self._client
@@ -224,6 +226,8 @@ class S3Storage(Storage):
             try:
                 return operation()
             except Exception as e:
+                if time_limit_hit(e):
+                    raise  # the job's time ran out mid-request: neither retried nor the store's fault
                 if not is_transient(e):
                     raise StorageError(f"{what} failed: {_reason(e)}") from e
                 if time.monotonic() + delay > deadline:
@@ -249,15 +253,13 @@ def is_transient(error: BaseException) -> bool:
     from botocore.exceptions import ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in error_chain(error):
         if isinstance(seen, BotoConnectionError | HTTPClientError | ConnectionError | TimeoutError):
             return True
         if isinstance(seen, ClientError):
             response: Any = seen.response
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             return status >= 500 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES
-        seen = seen.__cause__ or seen.__context__
     return False
 
 

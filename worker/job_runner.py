@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from producer.errors import NarrationTimeoutError
+from producer.errors import NarrationTimeoutError, time_limit_hit
+from producer.job import Job
 from producer.request import NarrationRequest
 from producer.states import JobState
 from worker.lock import JobLock
@@ -56,15 +59,10 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics, l
             return "stop" if current is None else "cancel"
         return "drain" if rt.jobs.draining(worker) else "go"
 
-    if job.rerender:
-        request = NarrationRequest.parse({**_options(job.request), "text": "re-render"})
-        log.info("job %s: attempt %d on %s, re-rendering %s", job_id, job.attempts, worker, job.rerender["chunks"])
-        with rt.model.serving_job():
-            outcome = rerender(job_id, request, job.rerender, rt.model, rt.objects, report)
-    else:
-        request = job.narration_request()
-        log.info("job %s: attempt %d on %s, %d chars", job_id, job.attempts, worker, len(request.text))
-        outcome = _narrate(job_id, job.attempts, request, rt, report)
+    request = (NarrationRequest.parse({**_options(job.request), "text": "re-render"}) if job.rerender
+               else job.narration_request())
+    with _time_limited(deadline, rt.settings.soft_time_limit_s):
+        outcome = _outcome(job, request, rt, worker, report)
     if outcome.verdict == "stop":
         log.info("job %s: ended elsewhere while running; stopped", job_id)
         return None
@@ -81,6 +79,33 @@ def _run_locked(job_id: str, rt: Runtime, worker: str, metrics: WorkerMetrics, l
     log.info("job %s: succeeded, %.1f s of audio in %d chunks (%d flagged) at %s", job_id, result["duration_s"],
              result["chunks"], len(result["flagged_chunks"]), result["url"])
     return JobState.SUCCEEDED
+
+
+def _outcome(job: Job, request: NarrationRequest, rt: Runtime, worker: str, report: ProgressHook
+             ) -> NarrationOutcome:
+    """The job narrated, or its stored chunks re-rendered."""
+    assert rt.model is not None
+    if job.rerender:
+        log.info("job %s: attempt %d on %s, re-rendering %s", job.id, job.attempts, worker, job.rerender["chunks"])
+        with rt.model.serving_job():
+            return rerender(job.id, request, job.rerender, rt.model, rt.objects, report)
+    log.info("job %s: attempt %d on %s, %d chars", job.id, job.attempts, worker, len(request.text))
+    return _narrate(job.id, job.attempts, request, rt, report)
+
+
+@contextmanager
+def _time_limited(deadline: float, limit_s: float) -> Iterator[None]:
+    """Whatever ends a run past its soft time limit is a timeout. Celery's soft limit interrupts the job's thread
+    mid-call, and that call may wrap the interruption (botocore does, and retries it) or fail because of it."""
+    try:
+        yield
+    except NarrationTimeoutError:
+        raise
+    except Exception as e:
+        if time_limit_hit(e) or time.monotonic() >= deadline:
+            raise NarrationTimeoutError(f"the job ran past its soft time limit of {limit_s} s "
+                                        f"(stopped in {type(e).__name__}: {str(e)[:200]})") from e
+        raise
 
 
 def _narrate(job_id: str, run: int, request: NarrationRequest, rt: Runtime, report: ProgressHook

@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from producer import keys
+from producer.errors import time_limit_hit
 from producer.processes import is_alive
 from producer.settings import Settings
 from producer.states import JobState
@@ -164,7 +165,9 @@ class WorkerMetrics:
             return
         try:
             _observe_chunk(self._metrics, run, progress)
-        except Exception:  # metrics must never stop a job
+        except Exception as e:  # metrics must never stop a job, but the job's time limit must
+            if time_limit_hit(e):
+                raise
             log.warning("job %s: chunk metrics failed", job_id, exc_info=True)
 
     def job_finished(self, job_id: str, jobs: JobStore) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 
 from producer import keys
 from producer.celery_config import send_job
-from producer.errors import EchoForgeError, ErrorCode, JobBusyError, JobNotFoundError
+from producer.errors import EchoForgeError, ErrorCode, JobBusyError, JobNotFoundError, time_limit_hit
 from producer.request import DEFAULT_PRIORITY
 from producer.states import JobState
 from producer.store import JobStore, is_job_id
@@ -22,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def error_code(error: BaseException) -> ErrorCode:
-    """The job error code of what ended a run: our exceptions carry theirs; Celery's soft limit is a timeout."""
-    if isinstance(error, SoftTimeLimitExceeded):
+    """The job error code of what ended a run: our exceptions carry theirs; Celery's soft limit is a timeout, even
+    when it interrupted a call that wrapped it."""
+    if time_limit_hit(error):
         return ErrorCode.TIMEOUT
     return error.code if isinstance(error, EchoForgeError) else ErrorCode.INTERNAL_ERROR
 

@@ -12,7 +12,7 @@ from producer import keys
 from producer.books.record import Book
 from producer.errors import JobNotFoundError
 from producer.states import JobState
-from producer.store import dumps, is_job_id, text
+from producer.store import dumps, is_job_id, lua_script, text
 
 __all__ = ["BookStore"]
 
@@ -25,6 +25,7 @@ class BookStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._finish = client.register_script(lua_script("finish_book"))
 
     def create(self, title: str, author: str | None, options: dict[str, Any], chapters: list[dict[str, Any]],
                tenant: str | None = None) -> Book:
@@ -51,16 +52,13 @@ class BookStore:
         self.redis.hset(keys.book_key(book_id), f"job:{part}", job_id)
 
     def set_fields(self, book_id: str, **fields: Any) -> None:
-        self.redis.hset(keys.book_key(book_id), mapping={k: dumps(v) if isinstance(v, dict | list) else v
-                                                         for k, v in fields.items()})
+        self.redis.hset(keys.book_key(book_id), mapping=_encoded(fields))
 
     def finish(self, book_id: str, state: JobState, **fields: Any) -> bool:
-        """Record the book's final state, once: False when it already had one."""
+        """Record the book's final state with its fields, atomically and once: False when it already had one."""
         assert state in FINAL_STATES
-        if not self.redis.hsetnx(keys.book_key(book_id), "state", state.value):
-            return False
-        self.set_fields(book_id, finished_at=repr(time.time()), **fields)
-        return True
+        pairs = [item for pair in _encoded({"finished_at": repr(time.time()), **fields}).items() for item in pair]
+        return bool(self._finish(keys=[keys.book_key(book_id)], args=[state.value, *pairs]))
 
     def reopen(self, book_id: str) -> None:
         """A retried book: its failed end is forgotten (its parts' own histories keep theirs)."""
@@ -91,3 +89,7 @@ class BookStore:
             if len(found) >= limit:
                 break
         return found
+
+
+def _encoded(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,6 +10,7 @@ import pytest
 import redis
 
 from producer import keys, states
+from producer.books.store import BookStore
 from producer.errors import ErrorCode, JobNotFoundError, JobStateError
 from producer.request import NarrationRequest
 from producer.states import JobState
@@ -138,3 +140,32 @@ def test_dead_letter_and_failed_enqueue_act_in_the_same_step(store: JobStore) ->
     job, _ = store.create(_request(idempotency_key="order-8"), "q")
     assert store.fail_to_enqueue(job.id, "broker refused") is not None
     assert store.create(_request(idempotency_key="order-8"), "q")[1], "the key was released: a retry can enqueue it"
+
+
+def test_a_finished_book_is_never_read_without_its_result(redis_url: str) -> None:
+    """Its state and result land together (a poller that saw "succeeded" must find the result), and only once."""
+    books, reader = BookStore(redis.Redis.from_url(redis_url)), redis.Redis.from_url(redis_url)
+    torn: list[dict[bytes, bytes]] = []
+    current = {"key": ""}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen = reader.hgetall(current["key"]) if current["key"] else {}
+            if b"state" in seen and b"result" not in seen:
+                torn.append(seen)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for n in range(300):
+            book = books.create(f"Book {n}", None, {}, [])
+            current["key"] = keys.book_key(book.id)
+            assert books.finish(book.id, JobState.SUCCEEDED, result={"chapters": n})
+    finally:
+        done.set()
+        poller.join()
+    assert torn == [], f"{len(torn)} reads saw a final state without its result"
+    assert not books.finish(book.id, JobState.FAILED, error={"code": "internal_error"})
+    last = books.get(book.id)
+    assert last.state is JobState.SUCCEEDED and last.result == {"chapters": 299} and last.error is None
