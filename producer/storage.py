@@ -156,10 +156,16 @@ class S3Storage(Storage):
                 from botocore.config import Config
 
                 # One attempt per call: `_retrying` is the only retry loop, so it sees every failure (botocore's
-                # own retry would swallow a Celery time limit raised mid-request and carry on).
+                # own retry would swallow a Celery time limit raised mid-request and carry on). Checksums only
+                # where S3 requires them: many S3-compatible servers refuse botocore's CRC headers and trailers.
                 config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5,
-                                read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
-                self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+                                read_timeout=60, max_pool_connections=MAX_CONNECTIONS,
+                                request_checksum_calculation="when_required",
+                                response_checksum_validation="when_required",
+                                s3={"addressing_style": "path" if self.endpoint_url else "auto"})
+                client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+                client.meta.events.register("before-call.s3.DeleteObjects", _md5_not_crc)
+                self._client = client
             return self._client
 
     def url_for(self, key: str) -> str:
@@ -240,6 +246,17 @@ class S3Storage(Storage):
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def _md5_not_crc(params: dict[str, Any], **_: Any) -> None:
+    """DeleteObjects, which must carry a checksum, carries Content-MD5 as before botocore 1.36, not a CRC32: the
+    S3-compatible servers that predate flexible checksums require the one and refuse the other."""
+    from botocore.utils import calculate_md5
+
+    checksum = params.get("context", {}).get("checksum", {})
+    checksum.pop("request_algorithm", None)
+    checksum.pop("request_algorithm_header", None)
+    params["headers"]["Content-MD5"] = calculate_md5(params["body"])
 
 
 def _missing(error: Any) -> bool:

@@ -1,11 +1,13 @@
-"""Both stores (a local directory, and a real S3-compatible server: moto's, over HTTP) answer the same way when an
-object is there and when it is not."""
+"""Every store (a local directory; a real S3-compatible server, moto's, over HTTP; the same behind a relay as strict
+as the S3-compatible servers without AWS's flexible checksums) answers the same way to every operation."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -13,14 +15,43 @@ import pytest
 
 from producer.errors import StorageError, time_limit_hit
 from producer.storage import LocalStorage, S3Storage, Storage
+from tests.strict_s3 import StrictS3
 
 
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+@pytest.fixture(params=["local", "s3", "strict-s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "local":
-        return LocalStorage(tmp_path / "objects")
-    return S3Storage(request.getfixturevalue("bucket"), "narrations", request.getfixturevalue("s3_endpoint"),
-                     retry_s=5)
+        yield LocalStorage(tmp_path / "objects")
+        return
+    endpoint, strict = request.getfixturevalue("s3_endpoint"), None
+    if request.param == "strict-s3":
+        strict = StrictS3(endpoint)
+        endpoint = strict.url
+    yield S3Storage(request.getfixturevalue("bucket"), "narrations", endpoint, retry_s=5)
+    if strict is not None:
+        strict.close()
+        assert strict.refused == [], "a request a strict S3-compatible server would refuse"
+
+
+def test_a_named_s3_compatible_server_is_addressed_by_path_not_by_a_bucket_subdomain() -> None:
+    url = S3Storage("narrations-bucket", "p", "https://objects.example.internal:9000").presigned_url("p/k.wav", 60)
+    assert url is not None and url.startswith("https://objects.example.internal:9000/narrations-bucket/p/k.wav?")
+
+
+def test_every_operation_round_trips(storage: Storage, tmp_path: Path) -> None:
+    wav, audio = tmp_path / "chunk.wav", b"RIFF" + bytes(range(256)) * 4096
+    wav.write_bytes(audio)
+    keys = [storage.key_for("job", name) for name in ("chunk.wav", "manifest.json", "other.json")]
+    storage.put_file(keys[0], wav, "audio/wav")
+    storage.put_bytes(keys[1], b'{"chunks": 1}', "application/json")
+    storage.put_bytes(keys[2], b"{}", "application/json")
+    storage.download(keys[0], tmp_path / "back.wav")
+    assert (tmp_path / "back.wav").read_bytes() == audio and storage.get_bytes(keys[1]) == b'{"chunks": 1}'
+    if (url := storage.presigned_url(keys[0], 60, attachment="chunk.wav")) is not None:
+        with urllib.request.urlopen(url) as answer:
+            assert answer.read() == audio
+    storage.delete(keys)
+    assert all(storage.get_bytes(key) is None for key in keys)
 
 
 def test_an_object_is_read_back_and_a_missing_one_is_reported_as_missing(storage: Storage, tmp_path: Path) -> None:
