@@ -96,7 +96,7 @@ def _outcome(job: Job, request: NarrationRequest, rt: Runtime, worker: str, repo
 @contextmanager
 def _time_limited(deadline: float, limit_s: float) -> Iterator[None]:
     """Whatever ends a run past its soft time limit is a timeout. Celery's soft limit interrupts the job's thread
-    mid-call, and that call may wrap the interruption (botocore does, and retries it) or fail because of it."""
+    mid-call, and that call may wrap the interruption (botocore does) or fail because of it."""
     try:
         yield
     except NarrationTimeoutError:

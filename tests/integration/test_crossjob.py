@@ -68,7 +68,7 @@ def test_killing_a_shared_worker_loses_none_of_its_jobs(
     env = {"ECHOFORGE_MODEL_PATH": str(tiny_checkpoint), "ECHOFORGE_DEVICE": "cpu", "ECHOFORGE_MAX_CHUNK_CHARS": "40",
            "ECHOFORGE_BATCH_SIZE": "2", "ECHOFORGE_JOB_LOCK_TTL_S": "2", "ECHOFORGE_VISIBILITY_TIMEOUT_S": "30"}
     doomed = start_worker(settings, name="doomed", pool="threads", concurrency=3, extra_env=env)
-    texts = [" ".join(f"Voice {v} reads sentence number {i} aloud." for i in range(24)) for v in range(3)]
+    texts = [" ".join(f"Voice {v} reads sentence number {i} aloud." for i in range(14)) for v in range(3)]
     jobs = [client.submit({"text": text, "speaker_id": v}) for v, text in enumerate(texts)]
     stored = [_wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 2, timeout=120)
               .progress["chunks_done"] for job in jobs]

@@ -21,6 +21,7 @@ from producer.settings import Settings
 from producer.states import JobState
 from tests import services
 from tests.integration.test_longform import CHAPTER, SLOW, _generations, _keys, _starts, _wait_until
+from tests.s3_relay import S3Relay
 
 
 def test_a_second_delivery_while_the_first_runs_waits_instead_of_running_twice(
@@ -55,6 +56,27 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(
     assert job.id in client.jobs.dead_lettered()
     listed = services.run_cli(settings, "list", "--dead-letter", "--json")
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
+
+
+def test_a_soft_time_limit_that_lands_in_a_chunk_upload_ends_the_job_as_timeout(
+    client: NarrationClient, settings: Settings, start_worker: Callable[..., services.Worker]
+) -> None:
+    """Celery's soft limit is raised wherever the job's thread is; here it lands in a chunk's upload, held by a
+    stalling store: the job ends `timeout` at the soft limit, not `storage_error`, nor retried to the hard kill."""
+    relay = S3Relay(settings.s3_endpoint_url or "")
+    try:
+        start_worker(settings, extra_env={**SLOW, "ECHOFORGE_JOB_TIME_LIMIT_S": "40",  # soft limit at 20 s
+                                          "ECHOFORGE_S3_ENDPOINT_URL": relay.url})
+        job = client.submit({"text": CHAPTER})
+        _wait_until(client, job.id, lambda j: j.progress.get("chunks_done", 0) >= 1, timeout=60)
+        relay.put_hold_s = 60.0  # every upload from now on outlasts the job's time
+        final = client.wait(job.id, timeout=90)
+    finally:
+        relay.put_hold_s = 0.0
+        relay.close()
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error["code"] == "timeout" and "soft time limit" in final.error["message"], final.error
+    assert 0 < final.progress["chunks_done"] < final.progress["chunks_total"]
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])  # Celery enforces it in prefork; the pipeline in threads

@@ -15,7 +15,7 @@ import pytest
 
 from producer.errors import StorageError, time_limit_hit
 from producer.storage import LocalStorage, S3Storage, Storage
-from tests.strict_s3 import StrictS3
+from tests.s3_relay import S3Relay
 
 
 @pytest.fixture(params=["local", "s3", "strict-s3"])
@@ -25,7 +25,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
         return
     endpoint, strict = request.getfixturevalue("s3_endpoint"), None
     if request.param == "strict-s3":
-        strict = StrictS3(endpoint)
+        strict = S3Relay(endpoint, strict=True)
         endpoint = strict.url
     yield S3Storage(request.getfixturevalue("bucket"), "narrations", endpoint, retry_s=5)
     if strict is not None:

@@ -1,27 +1,32 @@
-"""An S3 endpoint as strict as the S3-compatible servers that predate AWS's flexible checksums (Backblaze B2, GCS's
-XML API, older MinIO and Ceph): it refuses a request that carries a CRC checksum header, a checksum trailer or
-aws-chunked encoding, and a multi-object delete without Content-MD5. What it accepts it relays to a real S3
-server (moto's). A fake of third-party servers we cannot run here; the objects live in the real one."""
+"""A relay in front of a real S3 server (moto's) that can act as other S3-compatible servers do.
+
+Strict: as strict as the servers that predate AWS's flexible checksums (Backblaze B2, GCS's XML API, older MinIO
+and Ceph): it refuses a request that carries a CRC checksum header, a checksum trailer or aws-chunked encoding, and
+a multi-object delete without Content-MD5. Stalling: it holds every upload (PUT) for a while before relaying it.
+A fake of third-party behaviour we cannot run here; the objects live in the real server."""
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-__all__ = ["StrictS3"]
+__all__ = ["S3Relay"]
 
 _REFUSED_PREFIXES = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm", "x-amz-trailer", "x-amz-decoded-content")
 
 
-class StrictS3:
-    """Listens on a free port; `refused` lists what it turned away (method, path, reason)."""
+class S3Relay:
+    """Listens on a free port; `refused` lists what a strict relay turned away (method, path, reason); uploads wait
+    `put_hold_s` seconds (set it at any time) before they are relayed."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, strict: bool = False) -> None:
+        self.strict, self.put_hold_s = strict, 0.0
         self.refused: list[tuple[str, str, str]] = []
         target = urlsplit(target_url)
-        handler = type("Handler", (_Relay,), {"target": (target.hostname, target.port), "refused": self.refused})
+        handler = type("Handler", (_Relay,), {"target": (target.hostname, target.port), "relay": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -33,13 +38,15 @@ class StrictS3:
 
 class _Relay(BaseHTTPRequestHandler):
     target: tuple[str, int]
-    refused: list[tuple[str, str, str]]
+    relay: S3Relay
     protocol_version = "HTTP/1.1"
 
     def _relay(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if reason := self._refusal():
-            self.refused.append((self.command, self.path, reason))
+        if self.command == "PUT":
+            time.sleep(self.relay.put_hold_s)
+        if self.relay.strict and (reason := self._refusal()):
+            self.relay.refused.append((self.command, self.path, reason))
             self._answer(400, {"Content-Type": "application/xml"},
                          f"<Error><Code>InvalidArgument</Code><Message>{reason}</Message></Error>".encode())
             return
