@@ -183,10 +183,13 @@ class NarrationTimeoutError(EchoForgeError):
     code = ErrorCode.TIMEOUT
 
 
-def error_chain(error: BaseException) -> Iterator[BaseException]:
-    """The error, then what caused it or was being handled when it was raised, and so on."""
+def error_chain(error: BaseException, limit: int = 10) -> Iterator[BaseException]:
+    """The error, then what caused it or was being handled when it was raised, and so on (at most `limit`: an
+    explicit `raise ... from` can make the chain a cycle)."""
     seen: BaseException | None = error
-    while seen is not None:
+    for _ in range(limit):
+        if seen is None:
+            return
         yield seen
         seen = seen.__cause__ or seen.__context__
 

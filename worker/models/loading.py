@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from producer.errors import error_chain
 from worker.models.errors import CSMModelError, CSMModelLoadError, CSMModelNotFoundError
 
 __all__ = ["classify_error", "hub_mimi_weights", "hub_reachable", "load_checkpoint", "resolve_checkpoint"]
@@ -95,11 +96,7 @@ def load_checkpoint(directory: Path, dtype: Any) -> tuple[Any, Any]:
 
 def classify_error(error: BaseException, source: str) -> CSMModelError:
     """NotFound (nothing there, no access) vs Load (something there but unusable), by the exception chain."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
+    chain = list(error_chain(error))
     names = {type(e).__name__ for e in chain}
     text = " ".join(str(e) for e in chain)
     if "GatedRepoError" in names or "gated repo" in text.lower():
