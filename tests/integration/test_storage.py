@@ -79,11 +79,12 @@ def test_a_time_limit_that_interrupts_an_upload_ends_it_as_the_jobs_timeout(tmp_
     store, wav = _StallingStore(), tmp_path / "chunk.wav"
     wav.write_bytes(b"RIFF" + bytes(4096))
     storage = S3Storage("bucket", "narrations", store.url, retry_s=30)
+    assert storage.client is not None  # built before, as in a worker after its first upload (building is slow)
     previous = signal.signal(signal.SIGALRM, soft_limit)
     try:
         for upload in (lambda: storage.put_file("k.wav", wav, "audio/wav"),
                        lambda: storage.put_bytes("k.json", b"{}", "application/json")):
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            signal.setitimer(signal.ITIMER_REAL, 1.0)  # well inside the store's stall: the upload waits on it
             started = time.monotonic()
             with pytest.raises(Exception) as raised:
                 upload()
@@ -96,7 +97,7 @@ def test_a_time_limit_that_interrupts_an_upload_ends_it_as_the_jobs_timeout(tmp_
 
 
 class _StallingStore:
-    """An S3 endpoint that reads each request, answers nothing for a second, then drops the connection."""
+    """An S3 endpoint that reads each request, answers nothing for 3 s, then drops the connection."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -113,7 +114,7 @@ class _StallingStore:
     def _stall(conn: socket.socket) -> None:
         with conn, suppress(OSError):
             conn.recv(65536)
-            time.sleep(1)
+            time.sleep(3)
 
     def close(self) -> None:
         self.listener.close()
